@@ -1,0 +1,172 @@
+"""What every command shares: the typer app, option types, error mapping, output and progress.
+
+A command module does:
+
+    from imgbuild.cli.common import app, JsonOpt, VerboseOpt, cli_command, emit, progress_for
+
+    @app.command()
+    @cli_command
+    def verify(path: Path, json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+        with progress_for(json_out, verbose) as progress:
+            result = core_function(path, Options(...), progress=progress)
+        emit(result, json_out, render_verify)
+
+Errors (ImgbuildError) become one message on stderr and the error's exit code (1, or 2 for UsageError)
+here, in one place; IMGBUILD_TRACEBACK=1 prints the traceback as well.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console, RenderableType
+from rich.markup import escape
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
+                           TimeRemainingColumn, TransferSpeedColumn)
+
+from imgbuild.errors import BuildFailed, ImgbuildError
+from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
+
+app = typer.Typer(
+    name="imgbuild",
+    help="Turn a YAML recipe into container images, archive them onto optical discs, load and run them offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON result on stdout.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show every log line on stderr.")]
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="auto, docker or podman.", envvar="IMGBUILD_ENGINE", show_default=True)
+]
+HostOpt = Annotated[
+    str | None,
+    typer.Option("--host", help="Engine URL (unix://, tcp://, ssh://); default DOCKER_HOST, then usual sockets."),
+]
+
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from imgbuild import __version__
+
+        sys.stdout.write(f"imgbuild {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Turn a YAML recipe into container images, archive them onto optical discs, load and run them offline."""
+
+
+stdout = Console(soft_wrap=True)
+stderr = Console(stderr=True, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def report_error(exc: BaseException) -> None:
+    """Write one error as a message on stderr: what failed, the log tail of a build, the hint."""
+    if os.environ.get("IMGBUILD_TRACEBACK") == "1":
+        traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, BuildFailed) and exc.log_tail:
+        stderr.print("[dim]--- last lines of the build log ---[/dim]", highlight=False)
+        for line in exc.log_tail:
+            stderr.print(escape(line), highlight=False)
+    if isinstance(exc, ImgbuildError):
+        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        if exc.hint:
+            stderr.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}", highlight=False)
+    else:
+        stderr.print(f"[bold red]unexpected error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))}",
+                     highlight=False)
+        stderr.print("[yellow]hint:[/yellow] this is a bug in imgbuild; IMGBUILD_TRACEBACK=1 shows where",
+                     highlight=False)
+
+
+def cli_command(fn: F) -> F:
+    """Map errors raised by a command to a message and an exit code (0 ok, 1 failure, 2 usage)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except ImgbuildError as exc:
+            report_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("[bold red]interrupted[/bold red]")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the one place where anything becomes a message
+            report_error(exc)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit(result: Any, json_mode: bool, render: Callable[[Any], RenderableType | str]) -> None:
+    """Print a result: its to_json() as JSON on stdout, or the rich rendering of it."""
+    if json_mode:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, sort_keys=False) + "\n")
+        sys.stdout.flush()
+    else:
+        stdout.print(render(result), highlight=False)
+
+
+class _RichProgress:
+    """Turns ProgressEvents into rich bars on stderr; log messages are printed above the bars."""
+
+    def __init__(self, progress: Progress | None, show_messages: bool) -> None:
+        self.progress = progress
+        self.show_messages = show_messages
+        self.tasks: dict[str, TaskID] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.message is not None:
+            if self.show_messages:
+                console = self.progress.console if self.progress else stderr
+                console.print(escape(event.message), style="dim", highlight=False)
+            if not event.total and not event.done and not event.finished:
+                return
+        if self.progress is None:
+            return
+        task = self.tasks.get(event.task)
+        if task is None:
+            if event.finished and not event.done:
+                return
+            task = self.progress.add_task(event.task, total=event.total)
+            self.tasks[event.task] = task
+        self.progress.update(task, completed=event.done, total=event.total)
+        if event.finished:
+            self.progress.update(task, completed=event.total or event.done, total=event.total or event.done)
+
+
+@contextmanager
+def progress_for(json_mode: bool, verbose: bool, unit: str = "bytes") -> Iterator[ProgressCallback]:
+    """A progress callback: bars on a TTY; log lines on a TTY or with -v; nothing for --json (unless -v)."""
+    tty = stderr.is_terminal
+    show_messages = verbose or (tty and not json_mode)
+    if not tty or json_mode:
+        yield _RichProgress(None, show_messages) if show_messages else no_progress
+        return
+    columns = [TextColumn("{task.description}"), BarColumn()]
+    columns += ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()])
+    columns.append(TimeRemainingColumn())
+    with Progress(*columns, console=stderr, transient=True) as bars:
+        yield _RichProgress(bars, show_messages)
