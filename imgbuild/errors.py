@@ -87,6 +87,16 @@ class ArchiveError(ImgbuildError):
     """An archive cannot be written, or a set on disc cannot be read (bad or hostile manifest)."""
 
 
+class ManifestError(ArchiveError):
+    """A set manifest that is malformed, inconsistent or hostile: names the file and the field."""
+
+    def __init__(self, source: str, field: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{source}: {field}: {reason}", hint=hint)
+        self.source = source
+        self.field = field
+        self.reason = reason
+
+
 class VerifyFailed(ImgbuildError):
     """verify found problems; the report lists them."""
 
