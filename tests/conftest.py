@@ -1,0 +1,134 @@
+"""Shared fixtures: real engines, unique tags, cleanup, and a small real image per engine.
+
+`engine` is parametrized over ("podman", "docker") and connects to IMGBUILD_TEST_PODMAN_HOST /
+IMGBUILD_TEST_DOCKER_HOST (`eval "$(scripts/engines.sh start)"` sets them). A missing variable skips the
+test, except under CI=true, where it fails: CI must never pass by skipping the engine tests. Tests that
+use `engine` are marked `engine` automatically.
+
+Engines are shared with other test runs at the same time: everything a test creates carries a unique tag
+(`unique_tag`) and is removed through `cleanup`; nothing is ever pruned.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker.errors
+import pytest
+
+from imgbuild import hostconfig
+from imgbuild.bootstrap import BootstrapOptions, bootstrap_image
+from imgbuild.engines import Engine, connect
+from imgbuild.recipe_model import Bootstrap
+
+ENGINE_HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.engine)
+
+
+@pytest.fixture(scope="session", params=["podman", "docker"])
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    """A real engine of each kind; skipped when not configured, failed under CI."""
+    kind = request.param
+    var = ENGINE_HOST_VARS[kind]
+    host = os.environ.get(var)
+    if not host:
+        message = f"{var} is not set (eval \"$(scripts/engines.sh start)\")"
+        if in_ci():
+            pytest.fail(f"CI=true but {message}: engine tests must run in CI")
+        pytest.skip(message)
+    with connect(kind, host) as found:
+        yield found
+
+
+@pytest.fixture
+def unique_tag() -> "UniqueTag":
+    return UniqueTag()
+
+
+@dataclass
+class UniqueTag:
+    """Tags no other test run uses: localhost/imgbuild-test-NAME-RANDOM:VERSION."""
+
+    suffix: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    def __call__(self, name: str, version: str = "1") -> str:
+        return f"localhost/imgbuild-test-{name}-{self.suffix}:{version}"
+
+
+@dataclass
+class Cleanup:
+    """Removes, at teardown, the containers and images a test registered (containers first)."""
+
+    engine: Engine
+    images: list[str] = field(default_factory=list)
+    containers: list[str] = field(default_factory=list)
+
+    def image(self, ref: str) -> str:
+        self.images.append(ref)
+        return ref
+
+    def container(self, ref: str) -> str:
+        self.containers.append(ref)
+        return ref
+
+    def run(self) -> None:
+        for ref in reversed(self.containers):
+            try:
+                self.engine.api.remove_container(ref, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+        for ref in reversed(self.images):
+            remove_image(self.engine, ref)
+
+
+def remove_image(engine: Engine, ref: str) -> None:
+    """Remove one tag or id (never other tags of the same image: noprune keeps parents)."""
+    try:
+        engine.api.remove_image(ref, force=False, noprune=False)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        if exc.status_code != 404:
+            # Still used by another of this test's images or tags; force the removal of this reference.
+            try:
+                engine.api.remove_image(ref, force=True)
+            except docker.errors.APIError:
+                pass
+
+
+@pytest.fixture
+def cleanup(engine: Engine) -> Iterator[Cleanup]:
+    tracker = Cleanup(engine)
+    yield tracker
+    tracker.run()
+
+
+@pytest.fixture(scope="session")
+def bookworm_image(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Tag of a small real image (Debian bookworm + python3) made by imgbuild's bootstrap.
+
+    The rootfs tar is cached in imgbuild's cache (IMGBUILD_CACHE), so the second engine and later runs
+    only import it (a few seconds). The tag is unique to this session and removed at its end.
+    """
+    mirror = hostconfig.apt_archive_url()
+    if not mirror:
+        pytest.fail("this host has no apt sources to take a Debian mirror from")
+    tag = f"localhost/imgbuild-test-bookworm-{secrets.token_hex(4)}:1"
+    result = bootstrap_image(engine, Bootstrap(suite="bookworm", include=["python3"]),
+                             BootstrapOptions(mirror=mirror, tag=tag))
+    yield result.tag
+    remove_image(engine, result.tag)
