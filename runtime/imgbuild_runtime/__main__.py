@@ -1,0 +1,93 @@
+"""Command line: `python -m imgbuild_runtime --model VOICE.onnx [--ref-data ref_data] [--port 8080] ...`.
+
+Exits 1 when the model fails to load (the container stops and its log says why), 0 on Ctrl-C/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .cpu import physical_cores
+from .state import ENGINES, ServerConfig
+
+
+def find_model(path: Path, engine: str) -> Path:
+    """A model file, or the only .onnx file in a checkpoint folder (recipes name folders)."""
+    if path.is_dir() and engine == "piper":
+        found = sorted(path.rglob("*.onnx"))
+        if len(found) != 1:
+            names = ", ".join(str(p) for p in found) or "none"
+            raise SystemExit(f"error: {path}: expected exactly one .onnx voice, found {names}; pass the file")
+        return found[0]
+    if not path.exists():
+        raise SystemExit(f"error: model {path} does not exist")
+    return path
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m imgbuild_runtime", description="CPU text-to-speech HTTP server.")
+    p.add_argument("--model", type=Path, required=True, help="Voice model file, or a folder holding one.")
+    p.add_argument("--model-config", type=Path, help="Model config (piper: default MODEL.onnx.json).")
+    p.add_argument("--engine", choices=ENGINES, default="piper")
+    p.add_argument("--ref-data", type=Path, default=Path("ref_data"),
+                   help="Reference voices: ref_data/<speaker>/<emotion>/<name>.wav + <name>.lab.")  # fmt: skip
+    p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
+                   / "imgbuild-tts" / "references", help="Where encoded references are kept.")  # fmt: skip
+    p.add_argument("--no-disk-cache", action="store_true", help="Keep encoded references in memory only.")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--threads", type=int, default=0, help="Inference threads; default: physical cores.")
+    p.add_argument("--max-chars", type=int, default=4096, help="Longest text accepted.")
+    p.add_argument("--queue-size", type=int, default=8, help="Requests running or waiting; more get 429.")
+    p.add_argument("--timeout", type=float, default=300.0, help="Seconds a request may wait and run.")
+    p.add_argument("--no-preencode", action="store_true", help="Encode references on first use, not at start.")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=__version__)
+    args = p.parse_args(argv)
+    for name in ("threads", "max_chars", "queue_size", "timeout"):
+        if getattr(args, name) < (0 if name == "threads" else 1):
+            p.error(f"--{name.replace('_', '-')} must be positive")
+    config = ServerConfig(
+        model=find_model(args.model, args.engine),
+        engine=args.engine,
+        model_config=args.model_config,
+        ref_data=args.ref_data,
+        cache_dir=None if args.no_disk_cache else args.cache_dir,
+        threads=args.threads or physical_cores(),
+        max_chars=args.max_chars,
+        max_pending=args.queue_size,
+        request_timeout=args.timeout,
+        preencode=not args.no_preencode,
+    )
+    return config, args
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    config, args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_load_failed(exc: BaseException) -> None:
+        failed.append(exc)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(config, on_load_failed=on_load_failed)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
+    logging.getLogger(__name__).info("settings: %s", config.to_json())
+    server.run()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""The piper engine: ONNX VITS voices through piper-tts and onnxruntime, fp32 on the CPU.
+
+Piper cannot clone a voice. From a reference recording it takes only its loudness (RMS), so the output level
+matches the reference; the timbre is the model's. A reference speaker whose name is one of the model's
+built-in speakers (multi-speaker voices) selects that speaker.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .engine import Engine, EncodedReference, EngineInfo, SynthesisOptions
+
+_WARMUP_TEXT = "Warm up."
+_MIN_RMS = 1e-4
+
+
+class PiperEngine(Engine):
+    name = "piper"
+
+    def __init__(self, model_path: Path, threads: int, config_path: Path | None = None) -> None:
+        self.model_path = Path(model_path)
+        self.config_path = Path(config_path) if config_path else Path(f"{self.model_path}.json")
+        self.threads = threads
+        self._voice = None  # piper.PiperVoice after load()
+
+    def load(self) -> None:
+        import onnxruntime
+        from piper import PiperVoice
+        from piper.config import PiperConfig
+
+        config = PiperConfig.from_dict(json.loads(self.config_path.read_text(encoding="utf-8")))
+        options = onnxruntime.SessionOptions()
+        # One request runs at a time (scheduler.py), so all cores go to one run; inter-op parallelism only
+        # oversubscribes a small CPU.
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = onnxruntime.InferenceSession(
+            str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+        # PiperVoice.load() would build its own session with default options (all logical CPUs).
+        self._voice = PiperVoice(session=session, config=config)
+
+    def _loaded(self):  # type: ignore[no-untyped-def]
+        if self._voice is None:
+            raise RuntimeError("piper engine used before load()")
+        return self._voice
+
+    def warmup(self) -> None:
+        for _ in self.synthesize(_WARMUP_TEXT, (), SynthesisOptions(), threading.Event()):
+            pass
+
+    def info(self) -> EngineInfo:
+        voice = self._loaded()
+        return EngineInfo(
+            engine=self.name,
+            model=self.model_path.name.removesuffix(".onnx"),
+            sample_rate=int(voice.config.sample_rate),
+            threads=self.threads,
+            precision="fp32",
+            clones_voices=False,
+            speakers=tuple(sorted(voice.config.speaker_id_map)),
+        )
+
+    def encoder_id(self) -> str:
+        return "piper-loudness-v1"
+
+    def encode_reference(self, audio: np.ndarray, sample_rate: int, text: str) -> EncodedReference:
+        rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+        return EncodedReference(text=text, meta={"rms": rms, "seconds": audio.size / max(sample_rate, 1)})
+
+    def synthesize(
+        self,
+        text: str,
+        references: Sequence[EncodedReference],
+        options: SynthesisOptions,
+        cancel: threading.Event,
+    ) -> Iterator[np.ndarray]:
+        from piper import SynthesisConfig
+
+        voice = self._loaded()
+        speaker_id = voice.config.speaker_id_map.get(options.speaker) if options.speaker else None
+        config = SynthesisConfig(
+            speaker_id=speaker_id, length_scale=voice.config.length_scale / options.speed, normalize_audio=True
+        )
+        levels = [float(r.meta.get("rms", 0.0)) for r in references]  # type: ignore[arg-type]
+        target_rms = sum(levels) / len(levels) if levels else None
+        # piper phonemizes the whole text, then runs the model sentence by sentence: each chunk is yielded
+        # as soon as its sentence is done, which is what streaming clients hear first.
+        for chunk in voice.synthesize(text, syn_config=config):
+            if cancel.is_set():
+                return
+            audio = chunk.audio_float_array
+            if target_rms is not None and target_rms > _MIN_RMS:
+                audio = _match_level(audio, target_rms)
+            yield audio
+
+
+def _match_level(audio: np.ndarray, target_rms: float) -> np.ndarray:
+    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    if rms < _MIN_RMS:
+        return audio
+    peak = float(np.max(np.abs(audio)))
+    gain = min(target_rms / rms, 1.0 / peak)  # never clip
+    return (audio * gain).astype(np.float32)
