@@ -22,6 +22,9 @@ from pathlib import Path
 
 FORMAT_NAME = "imgbuild-set"
 FORMAT_VERSION = 1
+# Version 2 (FORMAT.md section 8) adds per-block hashes and parity volumes; readers accept both.
+FORMAT_VERSION_BLOCKS = 2
+READABLE_VERSIONS = (1, 2)
 
 MANIFEST_NAME = "imgbuild-set.json"
 SUMS_NAME = "SHA256SUMS"
@@ -60,6 +63,9 @@ HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 VOLUME_FOLDER_RE = re.compile(r"^(?P<set_id>[0-9a-f]{16})-vol(?P<number>[0-9]{3})$")
 PART_RE = re.compile(rf"^{BLOBS_DIR}/layer(?P<layer>[0-9]{{4}})\.tar\.zst\.part(?P<part>[0-9]{{3}})$")
 CONFIG_RE = re.compile(rf"^{IMAGES_DIR}/config(?P<image>[0-9]{{2}})\.json$")
+# Format 2: a parity volume holds README.txt and its parity stream cut into parts (imgbuild/parity.py).
+PARITY_DIR = "parity"
+PARITY_PART_RE = re.compile(rf"^{PARITY_DIR}/parity\.part(?P<part>[0-9]{{3}})$")
 
 
 def volume_folder(set_id: str, number: int) -> str:
@@ -85,6 +91,16 @@ def config_path(image_number: int) -> str:
 def config_name(image_number: int) -> str:
     """The config's file name inside the docker-archive tar (no folder)."""
     return config_path(image_number).split("/", 1)[1]
+
+
+def parity_part_path(part_number: int) -> str:
+    """Volume-relative path of part ``part_number`` (1-based) of a parity volume's parity stream."""
+    return f"{PARITY_DIR}/parity.part{part_number:03d}"
+
+
+def is_parity_volume_path(path: str) -> bool:
+    """True when ``path`` is a name a parity volume's file list may hold."""
+    return path == README_NAME or PARITY_PART_RE.match(path) is not None
 
 
 def catalog_path(catalog_dir: Path, set_id: str) -> Path:

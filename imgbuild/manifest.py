@@ -65,14 +65,30 @@ class FileEntry(_Model):
     path: Annotated[str, Field(max_length=64)]
     size: Size
     sha256: Hex64
+    # Format 2: SHA-256 of each consecutive block_size block (the last one shorter), to locate damage.
+    blocks: list[Hex64] | None = None
 
 
 class Volume(_Model):
     number: Number
     folder: Annotated[str, Field(max_length=64)]
-    # Format 1 has data volumes only; parity volumes come with a later format version.
-    role: Literal["data"] = "data"
+    # Format 2 adds parity volumes (after the data volumes); see Parity.
+    role: Literal["data", "parity"] = "data"
     files: list[FileEntry]
+
+
+class Parity(_Model):
+    """Format 2: the last ``parity_volumes`` volumes hold a Reed-Solomon code of the data volumes' payload.
+
+    Parity stream j = sum over i of coefficients[j][i] * data stream i, byte by byte in GF(2^8) (0x11D);
+    FORMAT.md section 9 and imgbuild/erasure.py.
+    """
+
+    scheme: Literal["zfec-rs-gf256"]
+    data_volumes: Annotated[int, Field(ge=1, le=255)]
+    parity_volumes: Annotated[int, Field(ge=1, le=255)]
+    length: Size
+    coefficients: list[list[Annotated[int, Field(ge=0, le=255)]]]
 
 
 class Part(_Model):
@@ -124,7 +140,7 @@ class RecipeInfo(_Model):
 
 class SetManifest(_Model):
     format: Literal["imgbuild-set"] = layout.FORMAT_NAME
-    format_version: Literal[1] = layout.FORMAT_VERSION
+    format_version: Literal[1, 2] = layout.FORMAT_VERSION
     set_id: Annotated[str, Field(pattern=layout.SET_ID_RE.pattern)]
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     created: Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")]
@@ -137,10 +153,14 @@ class SetManifest(_Model):
     images: Annotated[list[Image], Field(min_length=1, max_length=layout.MAX_IMAGES)]
     layers: Annotated[list[Layer], Field(max_length=layout.MAX_LAYERS)]
     recipe: RecipeInfo | None = None
+    # Format 2: the block size of every file's ``blocks`` list, and the parity volumes if any.
+    block_size: Annotated[int, Field(ge=4096, le=1 << 30)] | None = None
+    parity: Parity | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "SetManifest":
         _check_volumes(self)
+        _check_format2(self)
         _check_layers(self)
         _check_images(self)
         return self
@@ -175,20 +195,64 @@ def _check_volumes(m: SetManifest) -> None:
             raise _Fail(f"{where}.folder", f"{volume.folder!r} is not {layout.volume_folder(m.set_id, volume.number)!r}")
         seen: set[str] = set()
         total = 0
+        allowed = layout.is_parity_volume_path if volume.role == "parity" else layout.is_data_path
         for f_index, entry in enumerate(volume.files):
             field = f"{where}.files[{f_index}].path"
-            if not layout.is_data_path(entry.path):
+            if not allowed(entry.path):
                 raise _Fail(field, f"{entry.path!r} is not a file name this format defines")
             # Case-insensitive file systems (ISO 9660 without extensions, Windows) would merge these.
             if entry.path.lower() in seen:
                 raise _Fail(field, f"{entry.path!r} is listed twice")
             seen.add(entry.path.lower())
             total += entry.size
-        for required in (layout.README_NAME, layout.RESTORE_NAME, layout.DOCKER_MANIFEST_PATH):
+        required_files = (layout.README_NAME,) if volume.role == "parity" else (
+            layout.README_NAME, layout.RESTORE_NAME, layout.DOCKER_MANIFEST_PATH)
+        for required in required_files:
             if required.lower() not in seen:
                 raise _Fail(f"{where}.files", f"does not list {required}")
         if total > m.media.capacity:
             raise _Fail(f"{where}.files", f"add up to {total} bytes, more than the media capacity {m.media.capacity}")
+
+
+def _check_format2(m: SetManifest) -> None:
+    """Block lists and parity volumes (format 2): present exactly when the version says so, and consistent."""
+    if m.format_version == 1:
+        if m.block_size is not None or m.parity is not None:
+            raise _Fail("format_version", "1 has no block_size or parity; those need version 2")
+        if any(f.blocks is not None for v in m.volumes for f in v.files):
+            raise _Fail("format_version", "1 has no block hashes; they need version 2")
+        if any(v.role == "parity" for v in m.volumes):
+            raise _Fail("format_version", "1 has no parity volumes; they need version 2")
+        return
+    if m.block_size is None:
+        raise _Fail("block_size", "is required in format version 2")
+    for v_index, volume in enumerate(m.volumes):
+        for f_index, entry in enumerate(volume.files):
+            want = -(-entry.size // m.block_size)
+            if entry.blocks is None or len(entry.blocks) != want:
+                raise _Fail(f"volumes[{v_index}].files[{f_index}].blocks", f"must list {want} block hashes")
+    p = m.parity
+    roles = [v.role for v in m.volumes]
+    if p is None:
+        if "parity" in roles:
+            raise _Fail("parity", "is missing but parity volumes are listed")
+        return
+    n = p.data_volumes
+    if n + p.parity_volumes != m.volume_count or n + p.parity_volumes > 256:
+        raise _Fail("parity", f"{n} + {p.parity_volumes} volumes is not volume_count {m.volume_count} (or above 256)")
+    if roles != ["data"] * n + ["parity"] * p.parity_volumes:
+        raise _Fail("volumes", f"must be {n} data volumes followed by {p.parity_volumes} parity volumes")
+    if len(p.coefficients) != p.parity_volumes or any(len(row) != n for row in p.coefficients):
+        raise _Fail("parity.coefficients", f"must be {p.parity_volumes} rows of {n} numbers")
+    longest = max(sum(f.size for f in v.files) for v in m.volumes[:n])
+    if p.length != longest:
+        raise _Fail("parity.length", f"is {p.length}, the longest data volume payload is {longest}")
+    for v_index, volume in enumerate(m.volumes[n:], start=n):
+        parts = [f for f in volume.files if layout.PARITY_PART_RE.match(f.path)]
+        if [f.path for f in parts] != [layout.parity_part_path(i + 1) for i in range(len(parts))]:
+            raise _Fail(f"volumes[{v_index}].files", "parity parts must be numbered 1, 2, ... in order")
+        if sum(f.size for f in parts) != p.length or any(f.size > layout.MAX_PART_SIZE for f in parts):
+            raise _Fail(f"volumes[{v_index}].files", f"parity parts must add up to {p.length}, each <= MAX_PART_SIZE")
 
 
 def _volume_files(m: SetManifest) -> dict[tuple[int, str], FileEntry]:
@@ -257,6 +321,8 @@ def _check_images(m: SetManifest) -> None:
         if "sha256:" + image.config.sha256 != image.id:
             raise _Fail(f"{where}.config.sha256", "the image id is the sha256 of its config, they differ")
         for volume in m.volumes:
+            if volume.role == "parity":
+                continue
             entry = files.get((volume.number, image.config.path))
             if entry is None or (entry.size, entry.sha256) != (image.config.size, image.config.sha256):
                 raise _Fail(f"{where}.config", f"volume {volume.number} does not list {image.config.path} as it is here")
@@ -307,10 +373,10 @@ def parse_manifest(data: bytes, source: str) -> SetManifest:
     if raw.get("format") != layout.FORMAT_NAME:
         raise ManifestError(source, "format", f"is {raw.get('format')!r}, not {layout.FORMAT_NAME!r}")
     version = raw.get("format_version")
-    if type(version) is not int or version != layout.FORMAT_VERSION:
+    if type(version) is not int or version not in layout.READABLE_VERSIONS:
         raise ManifestError(
             source, "format_version",
-            f"{version!r} is not supported; this imgbuild reads version {layout.FORMAT_VERSION}",
+            f"{version!r} is not supported; this imgbuild reads versions {layout.READABLE_VERSIONS}",
             hint="a newer imgbuild wrote this set; use that version (FORMAT.md describes every version)",
         )
     try:
@@ -329,7 +395,18 @@ def _loc_part(part: int | str) -> str:
     return f"[{part}]" if isinstance(part, int) else str(part)
 
 
+def revalidate(manifest: SetManifest) -> SetManifest:
+    """Run every check again on a manifest built with model_copy (which skips validation)."""
+    return SetManifest.model_validate(manifest.model_dump(mode="json"))
+
+
 def dump_manifest(manifest: SetManifest) -> bytes:
     """Canonical bytes of a manifest: the same model always gives the same bytes."""
     data = manifest.model_dump(mode="json")
+    if manifest.format_version == 1:  # version 1 has no such keys, not even as null
+        data.pop("block_size")
+        data.pop("parity")
+        for volume in data["volumes"]:
+            for entry in volume["files"]:
+                entry.pop("blocks")
     return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,76 @@
+"""Per-block SHA-256 of a file, so damage can be located to a 4 MiB block and repaired block by block.
+
+The manifest (format v2) lists, for every file it covers, the SHA-256 of each consecutive BLOCK_SIZE
+block (the last one shorter). The whole-file SHA-256 stays the root of trust; block hashes only say
+*where* a file is damaged. verify hashes whole files on its fast path and reads a file a second time,
+block by block, only when its whole-file hash did not match (see ``bad_blocks``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import BinaryIO
+
+BLOCK_SIZE = 4 * 1024 * 1024
+
+
+class BlockHasher:
+    """Hashes a stream once for its whole-file SHA-256 and its per-block SHA-256 list."""
+
+    def __init__(self, block_size: int = BLOCK_SIZE) -> None:
+        self.block_size = block_size
+        self._whole = hashlib.sha256()
+        self._block = hashlib.sha256()
+        self._in_block = 0
+        self._blocks: list[str] = []
+        self.size = 0
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        self._whole.update(view)
+        self.size += len(view)
+        while len(view):
+            take = min(len(view), self.block_size - self._in_block)
+            self._block.update(view[:take])
+            self._in_block += take
+            view = view[take:]
+            if self._in_block == self.block_size:
+                self._blocks.append(self._block.hexdigest())
+                self._block = hashlib.sha256()
+                self._in_block = 0
+
+    def hexdigest(self) -> str:
+        return self._whole.hexdigest()
+
+    def block_hexdigests(self) -> list[str]:
+        """The block list; an empty file has no blocks."""
+        tail = [self._block.hexdigest()] if self._in_block else []
+        return self._blocks + tail
+
+
+def block_count(size: int, block_size: int = BLOCK_SIZE) -> int:
+    return -(-size // block_size)
+
+
+def block_hashes_of(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> list[str]:
+    """Block hashes of what ``fh`` holds from its current position to its end."""
+    out = []
+    while block := fh.read(block_size):
+        out.append(hashlib.sha256(block).hexdigest())
+    return out
+
+
+def bad_blocks(fh: BinaryIO, expected: list[str], size: int, block_size: int = BLOCK_SIZE) -> list[int]:
+    """Indexes of the blocks of ``fh`` whose SHA-256 differs from ``expected`` (a short file: its tail is bad).
+
+    ``size`` is the size the file should have; bytes beyond it make the last block bad as well.
+    """
+    bad = []
+    for index, want in enumerate(expected):
+        length = min(block_size, size - index * block_size)
+        data = fh.read(length)
+        if len(data) != length or hashlib.sha256(data).hexdigest() != want:
+            bad.append(index)
+    if expected and fh.read(1) and (not bad or bad[-1] != len(expected) - 1):
+        bad.append(len(expected) - 1)
+    return bad
