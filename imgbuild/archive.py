@@ -1,0 +1,303 @@
+"""`imgbuild archive`: images -> one engine save stream -> layers -> zstd -> volumes that hash as they write.
+
+One save of all images, so a layer shared by several images is read once; each layer is hashed
+(uncompressed, its diff id), compressed by zstd's worker threads and cut into parts by the volume writer,
+which hashes the compressed bytes as it writes them. Nothing is read back. The set id is derived from the
+image ids and the options, so rerunning the same command after an interruption finds the same set: a
+complete set is reported as it is, the leftovers of an interrupted one are removed and the set is written
+again. FORMAT.md describes what ends up on disc.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import zstandard
+
+import imgbuild
+from imgbuild import layout
+from imgbuild.archive_sources import ResolvedSources, resolve_sources
+from imgbuild.engines import Engine
+from imgbuild.errors import ArchiveError, ImgbuildError, UsageError
+from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Layer, Media, SetManifest, Tool,
+                               Volume, dump_manifest, parse_manifest)
+from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
+from imgbuild.save_stream import SavedArchive, read_save_stream
+from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
+from imgbuild.volume_writer import VolumeWriter, file_cost, write_file_atomic
+
+LONG_WINDOW_LOG = 27  # the largest window plain `zstd -d` accepts without --long
+SAVE_CHUNK = 1024 * 1024
+_PODMAN_LAYER = re.compile(r"^([0-9a-f]{64})\.tar$")
+
+
+@dataclass(frozen=True)
+class ArchiveOptions:
+    out: Path
+    media: str | None = "bd25"
+    media_size: int | None = None
+    level: int = 3
+    long: bool = False
+    catalog: Path = Path(layout.CATALOG_DEFAULT)
+    threads: int = -1  # zstd worker threads; -1: one per CPU
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    set_id: str
+    name: str
+    volumes: list[Path]
+    catalog: Path
+    media: str
+    capacity: int
+    images: list[dict[str, Any]]
+    layers: int
+    uncompressed_bytes: int
+    compressed_bytes: int
+    seconds: float
+    already_complete: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "set_id": self.set_id, "name": self.name, "volumes": [str(v) for v in self.volumes],
+            "catalog": str(self.catalog), "media": self.media, "capacity": self.capacity,
+            "images": self.images, "layers": self.layers, "uncompressed_bytes": self.uncompressed_bytes,
+            "compressed_bytes": self.compressed_bytes, "seconds": round(self.seconds, 3),
+            "already_complete": self.already_complete,
+        }
+
+
+def set_id_for(sources: ResolvedSources, capacity: int, options: ArchiveOptions) -> str:
+    """Same images, tags, media and compression -> same set id, so a rerun finds its leftovers."""
+    payload = {
+        "format_version": layout.FORMAT_VERSION,
+        "images": [[image.id, image.tags, image.role] for image in sources.images],
+        "capacity": capacity, "level": options.level, "long": options.long,
+        "recipe": sources.recipe.recipe.sha256 if sources.recipe else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
+            progress: ProgressCallback = no_progress) -> ArchiveResult:
+    """Archive images (or a recipe's base and app images) into volumes under ``options.out``."""
+    started = time.monotonic()
+    try:
+        profile, capacity = layout.media_capacity(options.media, options.media_size)
+    except KeyError:
+        raise UsageError(f"unknown media {options.media!r}; choose one of {', '.join(layout.MEDIA_PROFILES)} "
+                         "or give --media-size BYTES") from None
+    if not -7 <= options.level <= 22:
+        raise UsageError(f"--level {options.level} is outside zstd's -7..22")
+    resolved = resolve_sources(engine, sources)
+    set_id = set_id_for(resolved, capacity, options)
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+
+    existing = _complete_set(out, set_id)
+    if existing is not None:
+        write_file_atomic(layout.catalog_path(options.catalog, set_id), dump_manifest(existing))
+        return _result(existing, out, options, time.monotonic() - started, already_complete=True)
+    _remove_leftovers(out, set_id)
+
+    writer = VolumeWriter(out, set_id, capacity)
+    try:
+        manifest = _write_set(engine, resolved, writer, profile, capacity, options, progress)
+        manifest_bytes = dump_manifest(manifest)
+        _write_metadata_tail(writer, manifest_bytes)
+        write_file_atomic(layout.catalog_path(options.catalog, set_id), manifest_bytes)
+        writer.publish()
+    except BaseException:
+        # Free the space now; a rerun would remove these leftovers anyway (they all end in .partial).
+        _remove_leftovers(out, set_id)
+        raise
+    progress(ProgressEvent(task=f"archive {set_id}", finished=True))
+    return _result(manifest, out, options, time.monotonic() - started)
+
+
+def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, profile: str, capacity: int,
+               options: ArchiveOptions, progress: ProgressCallback) -> SetManifest:
+    task = f"archive {writer.set_id}"
+    compressor = _compressor(options)
+    layers: list[Layer] = []
+    stored: set[str] = set()
+    done = 0
+
+    def on_layer(name: str, size: int, chunks: Iterator[bytes]) -> str:
+        nonlocal done
+        hint = _PODMAN_LAYER.match(name.rsplit("/", 1)[-1])
+        if hint and "sha256:" + hint[1] in stored:
+            return _hash_only(name, hint[1], chunks)
+        number = len(layers) + 1
+        sink = writer.layer(number)
+        digest = hashlib.sha256()
+        stream = compressor.compressobj(size=size)
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                sink.write(stream.compress(chunk))
+                done += len(chunk)
+                progress(ProgressEvent(task=task, done=done, total=resolved.total_size))
+            sink.write(stream.flush())
+        except BaseException:
+            sink.abort()
+            raise
+        diff_id = "sha256:" + digest.hexdigest()
+        if diff_id in stored:
+            sink.abort()  # the same layer under another name: stored once per set
+            return diff_id
+        parts, compressed_size, compressed_sha = sink.commit()
+        layers.append(Layer(number=number, diff_id=diff_id, size=size, compressed_size=compressed_size,
+                            compressed_sha256=compressed_sha, parts=parts))
+        stored.add(diff_id)
+        return diff_id
+
+    progress(ProgressEvent(task=task, done=0, total=resolved.total_size))
+    saved = read_save_stream(_save_stream(engine, [image.ref for image in resolved.images]), on_layer)
+    images, configs = _images(resolved, saved, stored)
+    used = {d for image in images for d in image.layers}
+    if used != stored:
+        raise ArchiveError(f"the engine's save stream holds layers no image uses: {sorted(stored - used)}")
+
+    facts = SetFacts(set_id=writer.set_id, name=resolved.name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                     tool_version=imgbuild.__version__, volume_count=len(writer.volumes), images=images,
+                     layers=layers, compression_long=options.long)
+    restore_bytes = restore_script(facts)
+    docker_bytes = docker_manifest(images, layers)
+    for volume in writer.volumes:
+        for image, config in zip(images, configs):
+            writer.add_file(volume, image.config.path, config)
+        writer.add_file(volume, layout.DOCKER_MANIFEST_PATH, docker_bytes)
+        writer.add_file(volume, layout.RESTORE_NAME, restore_bytes)
+        writer.add_file(volume, layout.README_NAME, readme(facts, volume.number))
+    return SetManifest(
+        set_id=writer.set_id, name=resolved.name, created=facts.created,
+        tool=Tool(version=imgbuild.__version__), engine=EngineInfo(kind=engine.kind, version=engine.version),
+        media=Media(profile=profile, capacity=capacity),
+        compression=Compression(level=options.level, long=options.long,
+                                window_log=LONG_WINDOW_LOG if options.long else None),
+        volume_count=len(writer.volumes),
+        volumes=[Volume(number=v.number, folder=layout.volume_folder(writer.set_id, v.number), files=list(v.files))
+                 for v in writer.volumes],
+        images=images, layers=layers, recipe=resolved.recipe,
+    )
+
+
+def _write_metadata_tail(writer: VolumeWriter, manifest_bytes: bytes) -> None:
+    """The manifest and SHA256SUMS, last, on every volume."""
+    manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+    sizes = []
+    for volume in writer.volumes:
+        lines = [f"{entry.sha256}  {entry.path}\n" for entry in volume.files]
+        lines.append(f"{manifest_sha}  {layout.MANIFEST_NAME}\n")
+        sums = "".join(lines).encode()
+        sizes.append(file_cost(len(manifest_bytes)) + file_cost(len(sums)))
+        write_file_atomic(volume.staging / layout.MANIFEST_NAME, manifest_bytes)
+        write_file_atomic(volume.staging / layout.SUMS_NAME, sums)
+    writer.check_capacity(sizes)
+
+
+def _compressor(options: ArchiveOptions) -> zstandard.ZstdCompressor:
+    params = zstandard.ZstdCompressionParameters.from_level(
+        options.level, threads=options.threads, write_checksum=1, write_content_size=1,
+        enable_ldm=1 if options.long else 0, window_log=LONG_WINDOW_LOG if options.long else 0)
+    return zstandard.ZstdCompressor(compression_params=params)
+
+
+def _hash_only(name: str, expected: str, chunks: Iterator[bytes]) -> str:
+    """A layer the set already holds (Podman names layers by diff id): read past it, but check the name."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    if digest.hexdigest() != expected:
+        raise ArchiveError(f"the engine's save stream member {name} does not hash to the diff id its name says")
+    return "sha256:" + expected
+
+
+def _save_stream(engine: Engine, refs: list[str]) -> Iterator[bytes]:
+    """GET /images/get?names=...: one docker-archive tar of all images (the SDK saves only one at a time)."""
+    api = engine.api
+    try:
+        response = api._get(api._url("/images/get"), params={"names": refs}, stream=True)
+        api._raise_for_status(response)
+    except ImgbuildError:
+        raise
+    except Exception as exc:
+        raise ArchiveError(f"the engine refused to save {', '.join(refs)}: {exc}") from exc
+    return response.iter_content(SAVE_CHUNK)
+
+
+def _images(resolved: ResolvedSources, saved: SavedArchive, stored: set[str]) -> tuple[list[Image], list[bytes]]:
+    by_id: dict[str, tuple[bytes, list[str], list[str]]] = {}
+    for entry in saved.docker_manifest():
+        config = saved.config_bytes(str(entry.get("Config")))
+        image_id = "sha256:" + hashlib.sha256(config).hexdigest()
+        diff_ids = [saved.layer_diff_id(str(name)) for name in entry.get("Layers") or []]
+        declared = (json.loads(config).get("rootfs") or {}).get("diff_ids")
+        if declared != diff_ids:
+            raise ArchiveError(f"image {image_id}: the saved layers hash to {diff_ids}, its config says {declared}")
+        by_id[image_id] = (config, list(entry.get("RepoTags") or []), diff_ids)
+    images, configs = [], []
+    for number, source in enumerate(resolved.images, start=1):
+        if source.id not in by_id:
+            raise ArchiveError(f"the engine's save stream lacks image {source.ref} ({source.id})")
+        config, saved_tags, diff_ids = by_id[source.id]
+        tags = source.tags or saved_tags
+        images.append(Image(number=number, id=source.id, tags=tags, role=source.role, layers=diff_ids,
+                            config=ConfigFile(path=layout.config_path(number), size=len(config),
+                                              sha256=source.id.split(":", 1)[1])))
+        configs.append(config)
+    return images, configs
+
+
+def _complete_set(out: Path, set_id: str) -> SetManifest | None:
+    """The set's manifest when every volume is in place under its final name with all its files."""
+    first = out / layout.volume_folder(set_id, 1) / layout.MANIFEST_NAME
+    if not first.is_file():
+        return None
+    data = first.read_bytes()
+    try:
+        manifest = parse_manifest(data, str(first))
+    except ArchiveError:
+        return None
+    for volume in manifest.volumes:
+        folder = out / volume.folder
+        if not (folder / layout.SUMS_NAME).is_file():
+            return None
+        manifest_file = folder / layout.MANIFEST_NAME
+        if not manifest_file.is_file() or manifest_file.read_bytes() != data:
+            return None
+        for entry in volume.files:
+            path = folder / entry.path
+            if not path.is_file() or path.stat().st_size != entry.size:
+                return None
+    return manifest
+
+
+def _remove_leftovers(out: Path, set_id: str) -> None:
+    """Remove this set's volume folders, finished or not (only names that are unmistakably ours)."""
+    for path in out.iterdir():
+        name = path.name.removesuffix(layout.PARTIAL_SUFFIX)
+        found = layout.parse_volume_folder(name)
+        if found is not None and found[0] == set_id and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+
+
+def _result(manifest: SetManifest, out: Path, options: ArchiveOptions, seconds: float,
+            already_complete: bool = False) -> ArchiveResult:
+    return ArchiveResult(
+        set_id=manifest.set_id, name=manifest.name, volumes=[out / v.folder for v in manifest.volumes],
+        catalog=layout.catalog_path(options.catalog, manifest.set_id), media=manifest.media.profile,
+        capacity=manifest.media.capacity,
+        images=[{"id": i.id, "tags": i.tags, "role": i.role, "layers": len(i.layers)} for i in manifest.images],
+        layers=len(manifest.layers), uncompressed_bytes=sum(layer.size for layer in manifest.layers),
+        compressed_bytes=sum(layer.compressed_size for layer in manifest.layers), seconds=seconds,
+        already_complete=already_complete,
+    )

@@ -1,0 +1,259 @@
+"""The human- and shell-readable files of every volume: README.txt (English and Chinese) and restore.sh.
+
+Both must work twenty years from now without imgbuild, so they say everything plainly: which discs belong
+together, how to check them with `sha256sum -c`, and how to rebuild the images with sh, cat, zstd, tar and
+podman or docker. restore.sh carries the list of parts of every layer, so it needs no JSON parser.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from imgbuild import layout
+from imgbuild.manifest import Image, Layer
+
+
+@dataclass(frozen=True)
+class SetFacts:
+    """What README.txt and restore.sh say about a set (all known before they are written)."""
+
+    set_id: str
+    name: str
+    created: str
+    tool_version: str
+    volume_count: int
+    images: list[Image]
+    layers: list[Layer]
+    compression_long: bool
+
+
+def docker_manifest(images: list[Image], layers: list[Layer]) -> bytes:
+    """images/manifest.json: the docker-archive manifest naming configNN.json and layerLLLL.tar."""
+    number = {layer.diff_id: layer.number for layer in layers}
+    entries = [{
+        "Config": layout.config_name(image.number),
+        "RepoTags": image.tags or None,
+        "Layers": [layout.layer_name(number[d]) for d in image.layers],
+    } for image in images]
+    return (json.dumps(entries, indent=2) + "\n").encode()
+
+
+def _image_lines(facts: SetFacts) -> str:
+    return "\n".join(f"  {', '.join(image.tags) or '(untagged)'}\n    id {image.id}" for image in facts.images)
+
+
+def _layer_lines(facts: SetFacts) -> str:
+    lines = []
+    for layer in facts.layers:
+        lines.append(f"  {layout.layer_name(layer.number)}  {layer.size} bytes  {layer.diff_id}")
+        for part in layer.parts:
+            lines.append(f"      {layout.volume_folder(facts.set_id, part.volume)}/{part.path}")
+    return "\n".join(lines)
+
+
+def readme(facts: SetFacts, number: int) -> bytes:
+    s, n, k = facts.set_id, facts.volume_count, number
+    zstd_flag = " --long=27" if facts.compression_long else ""
+    text = f"""\
+imgbuild archive set {s}  --  volume {k} of {n}
+{'=' * 60}
+
+This disc is volume {k} of {n} of an archive made by imgbuild {facts.tool_version} on {facts.created}.
+Set name: {facts.name}. It holds these container images (OCI/Docker images):
+
+{_image_lines(facts)}
+
+All {n} volumes are needed to restore the images. Each volume is a folder named {s}-volNNN
+(this one: {layout.volume_folder(s, k)}). The format is described in FORMAT.md of imgbuild
+(format imgbuild-set, version {layout.FORMAT_VERSION}); imgbuild-set.json on every disc describes this set.
+
+1. Check this disc
+------------------
+    cd {layout.volume_folder(s, k)}          (the disc's mount point)
+    sha256sum -c SHA256SUMS
+
+Every line must say OK. SHA256SUMS covers every other file on this disc.
+
+2. Restore with imgbuild
+------------------------
+    imgbuild verify VOLUME_FOLDER...                  check every volume
+    imgbuild load VOLUME_FOLDER...                    load the images into podman or docker
+    imgbuild load-and-run VOLUME_FOLDER...            load, then start the service and print its URL
+
+3. Restore WITHOUT imgbuild (needs only sh, cat, zstd, tar and podman or docker)
+-------------------------------------------------------------------------------
+Copy (or mount) all {n} volumes as folders side by side, keeping their names, then either run
+
+    sh {layout.volume_folder(s, 1)}/{layout.RESTORE_NAME}          (add --engine docker for Docker)
+
+or do by hand what it does (needs free space for the uncompressed layers):
+
+    mkdir /tmp/restore
+    cp {s}-vol001/images/* /tmp/restore/
+    for first in {s}-vol*/blobs/layer*.tar.zst.part001; do
+        name=$(basename "$first" .zst.part001)
+        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > /tmp/restore/"$name"
+    done
+    tar -C /tmp/restore -cf - . | podman load        (or: docker load)
+    rm -rf /tmp/restore
+
+Each layer is one zstd stream cut into parts; join its parts in order (part001, part002, ...), then
+decompress. The layers and their parts:
+
+{_layer_lines(facts)}
+
+The loaded images get the ids listed above (an image id is the sha256 of its config file).
+
+
+imgbuild 归档集 {s}  --  第 {k} 卷，共 {n} 卷
+{'=' * 60}
+
+本光盘是 imgbuild {facts.tool_version} 于 {facts.created} 制作的归档集的第 {k} 卷（共 {n} 卷）。
+归档集名称：{facts.name}。其中包含以下容器镜像（OCI/Docker 镜像）：
+
+{_image_lines(facts)}
+
+恢复镜像需要全部 {n} 卷。每一卷是一个名为 {s}-volNNN 的文件夹（本卷：{layout.volume_folder(s, k)}）。
+格式说明见 imgbuild 的 FORMAT.md（格式 imgbuild-set，版本 {layout.FORMAT_VERSION}）；每张光盘上的
+imgbuild-set.json 描述了整个归档集。
+
+1. 校验本光盘
+-------------
+    cd {layout.volume_folder(s, k)}          （光盘的挂载点）
+    sha256sum -c SHA256SUMS
+
+每一行都必须显示 OK。SHA256SUMS 覆盖本光盘上的所有其他文件。
+
+2. 使用 imgbuild 恢复
+---------------------
+    imgbuild verify 卷文件夹...                 校验所有卷
+    imgbuild load 卷文件夹...                   把镜像导入 podman 或 docker
+    imgbuild load-and-run 卷文件夹...           导入后启动服务并显示其网址
+
+3. 不使用 imgbuild 恢复（只需要 sh、cat、zstd、tar 以及 podman 或 docker）
+-------------------------------------------------------------------------
+把全部 {n} 卷复制（或挂载）为同一目录下的文件夹，保持原名，然后运行
+
+    sh {layout.volume_folder(s, 1)}/{layout.RESTORE_NAME}          （使用 Docker 时加 --engine docker）
+
+或者手工执行它所做的步骤（需要足够的空间存放解压后的镜像层）：
+
+    mkdir /tmp/restore
+    cp {s}-vol001/images/* /tmp/restore/
+    for first in {s}-vol*/blobs/layer*.tar.zst.part001; do
+        name=$(basename "$first" .zst.part001)
+        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > /tmp/restore/"$name"
+    done
+    tar -C /tmp/restore -cf - . | podman load        （或：docker load）
+    rm -rf /tmp/restore
+
+每个镜像层是一个 zstd 数据流，被切分成若干部分；按顺序（part001、part002……）拼接后再解压。
+镜像层及其各部分见上文英文部分的列表。导入后的镜像 ID 与上面列出的一致（镜像 ID 是其配置文件的 sha256）。
+"""
+    return text.encode("utf-8")
+
+
+_RESTORE_HEAD = r"""#!/bin/sh
+# Restore the container images of imgbuild set @SET_ID@ WITHOUT imgbuild.
+# Needs only: sh, cat, zstd, tar, and podman or docker (sha256sum, when present, checks each layer).
+#
+# Usage: sh restore.sh [--engine podman|docker|"COMMAND ..."] [--tmp DIR] [VOLUME_FOLDER...]
+#   VOLUME_FOLDER  folders (or mount points) of the volumes; default: the folder of this script and the
+#                  folders named @SET_ID@-vol* beside it.
+#   --engine       the command that loads images (default: podman if installed, else docker)
+#   --tmp DIR      where the layers are unpacked (needs @TOTAL@ bytes free; default $TMPDIR or /tmp)
+set -eu
+
+SET_ID=@SET_ID@
+engine=""
+tmpbase=${TMPDIR:-/tmp}
+usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+die() { echo "restore.sh: $*" >&2; exit 1; }
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --engine) [ $# -ge 2 ] || die "--engine needs a value"; engine=$2; shift 2 ;;
+        --tmp) [ $# -ge 2 ] || die "--tmp needs a value"; tmpbase=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        --) shift; break ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) break ;;
+    esac
+done
+
+here=$(cd "$(dirname "$0")" && pwd)
+if [ $# -eq 0 ]; then
+    set -- "$here"
+    for d in "$here"/../"$SET_ID"-vol*; do [ -d "$d" ] && set -- "$@" "$d"; done
+fi
+DIRS=$(for d in "$@"; do printf '%s\n' "$d"; done)
+
+for tool in cat zstd tar; do
+    command -v "$tool" >/dev/null 2>&1 || die "$tool is needed but not installed"
+done
+if [ -z "$engine" ]; then
+    if command -v podman >/dev/null 2>&1; then engine=podman
+    elif command -v docker >/dev/null 2>&1; then engine=docker
+    else die "neither podman nor docker is installed"; fi
+fi
+
+# find_file PATH VOLUME: print where a volume-relative file is among the folders given.
+find_file() {
+    found=$(printf '%s\n' "$DIRS" | while IFS= read -r d; do
+        if [ -f "$d/$1" ]; then printf '%s\n' "$d/$1"; break; fi
+    done)
+    [ -n "$found" ] || die "$1 (on volume $2, folder ${SET_ID}-vol$(printf %03d "$2")) was not found in: $(printf '%s ' $DIRS)"
+    printf '%s\n' "$found"
+}
+
+tmp=$(mktemp -d "$tmpbase/imgbuild-restore.XXXXXX") || die "cannot create a folder in $tmpbase"
+trap 'rm -rf "$tmp"' EXIT
+trap 'exit 130' INT TERM
+
+# layer NAME SIZE DIFF_ID PATH:VOLUME...: join the parts of one layer and decompress them.
+layer() {
+    name=$1; size=$2; diff=$3; shift 3
+    : > "$tmp/parts.list"
+    for spec in "$@"; do
+        find_file "${spec%:*}" "${spec##*:}" >> "$tmp/parts.list"
+    done
+    echo "restore.sh: $name ($size bytes) from $# part(s)" >&2
+    while IFS= read -r f; do cat "$f"; done < "$tmp/parts.list" | zstd -dc @ZSTD_FLAGS@ > "$tmp/$name" \
+        || die "decompressing $name failed"
+    got=$(wc -c < "$tmp/$name" | tr -d ' ')
+    [ "$got" = "$size" ] || die "$name has $got bytes, expected $size"
+    if command -v sha256sum >/dev/null 2>&1; then
+        sum=$(sha256sum "$tmp/$name" | cut -d' ' -f1)
+        [ "sha256:$sum" = "$diff" ] || die "$name has sha256:$sum, expected $diff"
+    fi
+}
+
+"""
+
+_RESTORE_TAIL = r"""
+echo "restore.sh: loading into $engine" >&2
+# shellcheck disable=SC2086  # $engine may be a command with arguments
+tar -C "$tmp" -cf - @MEMBERS@ | $engine load
+echo "restore.sh: done; the images should have these ids:" >&2
+@IDS@
+"""
+
+
+def restore_script(facts: SetFacts) -> bytes:
+    total = sum(layer.size for layer in facts.layers)
+    head = (_RESTORE_HEAD.replace("@SET_ID@", facts.set_id).replace("@TOTAL@", str(total))
+            .replace("@ZSTD_FLAGS@", "--long=27" if facts.compression_long else ""))
+    lines = []
+    for image in facts.images:
+        path = layout.config_path(image.number)
+        lines.append(f'f=$(find_file {path} 1); cp "$f" "$tmp/{layout.config_name(image.number)}"')
+    lines.append(f'f=$(find_file {layout.DOCKER_MANIFEST_PATH} 1); cp "$f" "$tmp/manifest.json"')
+    for layer in facts.layers:
+        specs = " ".join(f"{part.path}:{part.volume}" for part in layer.parts)
+        lines.append(f"layer {layout.layer_name(layer.number)} {layer.size} {layer.diff_id} {specs}")
+    members = ["manifest.json"] + [layout.config_name(i.number) for i in facts.images]
+    members += [layout.layer_name(layer.number) for layer in facts.layers]
+    ids = "\n".join(f"echo '  {image.id}  {' '.join(image.tags)}' >&2" for image in facts.images)
+    tail = _RESTORE_TAIL.replace("@MEMBERS@", " ".join(members)).replace("@IDS@", ids)
+    return (head + "\n".join(lines) + "\n" + tail).encode()

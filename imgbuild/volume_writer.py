@@ -1,0 +1,230 @@
+"""Write a set's volumes: layer streams cut into parts, hashed as they are written, volumes filled to size.
+
+Space is counted the way a disc spends it: every file rounded up to 2,048-byte sectors plus one sector
+for its directory entry, and ``metadata_reserve`` bytes per volume stay free for the files written last
+(configs, restore.sh, README.txt, the manifest, SHA256SUMS). Volumes are written as ``FOLDER.partial``
+and parts as ``NAME.partial`` (fsynced, then renamed); ``finish`` writes the metadata, the catalog copy,
+and only then gives the volume folders their final names.
+
+A layer's diff id is only known at its end; when it turns out to be a layer the set already holds, the
+layer writer is aborted: its parts are deleted and the volumes rewound as if it had never been written.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgbuild import layout
+from imgbuild.errors import ArchiveError, DiskFull
+from imgbuild.manifest import FileEntry, Part
+
+SECTOR = 2048
+MIB = 1024 * 1024
+WRITE_BUFFER = 4 * MIB
+
+
+def file_cost(size: int) -> int:
+    """Bytes a file takes on a disc: sectors of data plus one sector of directory entry (generous)."""
+    return -(-size // SECTOR) * SECTOR + SECTOR
+
+
+def metadata_reserve(capacity: int) -> int:
+    return min(max(capacity // 64, MIB), 16 * MIB)
+
+
+@contextmanager
+def disk_errors(path: Path) -> Iterator[None]:
+    """Turn "no space left" into DiskFull naming the path; other OS errors into ArchiveError."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(str(path)) from exc
+        raise ArchiveError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def write_file_atomic(path: Path, data: bytes) -> None:
+    """NAME.partial, fsync, rename."""
+    partial = layout.partial(path)
+    with disk_errors(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(partial, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, path)
+
+
+def fsync_dir(path: Path) -> None:
+    with disk_errors(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@dataclass
+class VolumeState:
+    number: int
+    staging: Path
+    used: int = 0
+    files: list[FileEntry] = field(default_factory=list)
+
+
+class VolumeWriter:
+    def __init__(self, out: Path, set_id: str, capacity: int) -> None:
+        self.out = out
+        self.set_id = set_id
+        self.capacity = capacity
+        self.usable = capacity - metadata_reserve(capacity)
+        # A part shorter than this is not started at the end of a volume; the next volume gets it.
+        self.min_part = min(MIB, max(self.usable // 16, SECTOR))
+        if self.usable < self.min_part + 2 * SECTOR:
+            raise ArchiveError(f"a media size of {capacity} bytes leaves no room for data after the "
+                               f"{metadata_reserve(capacity)} bytes kept for each volume's metadata")
+        self.volumes: list[VolumeState] = []
+
+    def staging_folder(self, number: int) -> Path:
+        return layout.partial(self.out / layout.volume_folder(self.set_id, number))
+
+    def open_volume(self) -> VolumeState:
+        number = len(self.volumes) + 1
+        if number > layout.MAX_VOLUMES:
+            raise ArchiveError(f"the set needs more than {layout.MAX_VOLUMES} volumes; choose larger media")
+        staging = self.staging_folder(number)
+        with disk_errors(staging):
+            (staging / layout.BLOBS_DIR).mkdir(parents=True)
+        volume = VolumeState(number, staging)
+        self.volumes.append(volume)
+        return volume
+
+    def layer(self, layer_number: int) -> "LayerWriter":
+        if not self.volumes:
+            self.open_volume()
+        return LayerWriter(self, layer_number)
+
+    def add_file(self, volume: VolumeState, relative: str, data: bytes) -> FileEntry:
+        """Write a small file (metadata) into a volume and list it."""
+        write_file_atomic(volume.staging / relative, data)
+        entry = FileEntry(path=relative, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        volume.files.append(entry)
+        volume.used += file_cost(len(data))
+        return entry
+
+    def check_capacity(self, metadata_sizes: list[int]) -> None:
+        """After metadata: every volume, with its manifest and SHA256SUMS, must fit the media."""
+        for volume, extra in zip(self.volumes, metadata_sizes):
+            total = volume.used + extra
+            if total > self.capacity:
+                raise ArchiveError(
+                    f"volume {volume.number} would need {total} bytes, more than the media's {self.capacity}: "
+                    f"its metadata outgrew the {metadata_reserve(self.capacity)} bytes kept for it")
+
+    def publish(self) -> list[Path]:
+        """Give the finished staging folders their final names (the last step of a set)."""
+        finals = []
+        for volume in self.volumes:
+            final = self.out / layout.volume_folder(self.set_id, volume.number)
+            for sub in (volume.staging / layout.BLOBS_DIR, volume.staging / layout.IMAGES_DIR, volume.staging):
+                fsync_dir(sub)
+            with disk_errors(final):
+                os.replace(volume.staging, final)
+            finals.append(final)
+        fsync_dir(self.out)
+        return finals
+
+
+class LayerWriter:
+    """A file-like sink for one layer's zstd stream; cuts it into parts across volumes."""
+
+    def __init__(self, volumes: VolumeWriter, layer_number: int) -> None:
+        self._v = volumes
+        self._layer = layer_number
+        last = volumes.volumes[-1]
+        self._rewind = (len(volumes.volumes), last.used, len(last.files))
+        self.parts: list[Part] = []
+        self.size = 0
+        self._sha = hashlib.sha256()
+        self._fh = None
+        self._written: list[Path] = []
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        self._sha.update(view)
+        while view:
+            if self._fh is None:
+                self._start_part()
+            n = min(len(view), self._limit - self._part_size)
+            with disk_errors(self._path):
+                self._fh.write(view[:n])
+            self._part_sha.update(view[:n])
+            self._part_size += n
+            view = view[n:]
+            if self._part_size == self._limit:
+                self._close_part()
+        self.size += len(data)
+        return len(data)
+
+    def _start_part(self) -> None:
+        number = len(self.parts) + 1
+        if number > layout.MAX_PARTS_PER_LAYER:
+            raise ArchiveError(f"layer {self._layer} needs more than {layout.MAX_PARTS_PER_LAYER} parts")
+        volume = self._v.volumes[-1]
+        room = (self._v.usable - volume.used - SECTOR) // SECTOR * SECTOR
+        if room < self._v.min_part:
+            volume = self._v.open_volume()
+            room = (self._v.usable - volume.used - SECTOR) // SECTOR * SECTOR
+        self._volume = volume
+        self._limit = min(layout.MAX_PART_SIZE, room)
+        self._relative = layout.part_path(self._layer, number)
+        self._path = volume.staging / self._relative
+        self._written.append(self._path)
+        self._part_sha = hashlib.sha256()
+        self._part_size = 0
+        with disk_errors(self._path):
+            self._fh = open(layout.partial(self._path), "wb", buffering=WRITE_BUFFER)
+
+    def _close_part(self) -> None:
+        assert self._fh is not None
+        with disk_errors(self._path):
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            os.replace(layout.partial(self._path), self._path)
+        self._fh = None
+        digest = self._part_sha.hexdigest()
+        offset = sum(part.size for part in self.parts)
+        self.parts.append(Part(path=self._relative, volume=self._volume.number, offset=offset,
+                               size=self._part_size, sha256=digest))
+        self._volume.files.append(FileEntry(path=self._relative, size=self._part_size, sha256=digest))
+        self._volume.used += file_cost(self._part_size)
+
+    def commit(self) -> tuple[list[Part], int, str]:
+        """Close the last part: (parts, compressed size, sha256 of the whole stream)."""
+        if self._fh is not None:
+            self._close_part()
+        return self.parts, self.size, self._sha.hexdigest()
+
+    def abort(self) -> None:
+        """Remove everything this layer wrote and rewind the volumes (a duplicate or a failure)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        for path in self._written:
+            for candidate in (path, layout.partial(path)):
+                candidate.unlink(missing_ok=True)
+        count, used, files = self._rewind
+        for volume in self._v.volumes[count:]:
+            shutil.rmtree(volume.staging, ignore_errors=True)
+        del self._v.volumes[count:]
+        last = self._v.volumes[-1]
+        last.used = used
+        del last.files[files:]
