@@ -183,33 +183,40 @@ def blob_path(cache: Path, file: LockedFile) -> Path:
 
 
 class _Progress:
-    """Serializes events from the worker threads; totals for all bytes, one task per file in flight."""
+    """Serializes events from the worker threads: one task for all bytes, one per file in flight.
 
-    def __init__(self, progress: ProgressCallback, total: int) -> None:
-        self.progress, self.total, self.done = progress, total, 0
+    Bytes already on disk (finished blobs, partial files) are counted before the first event, so that a
+    bar's rate, and so its ETA, reflects only bytes that really come over the network."""
+
+    def __init__(self, progress: ProgressCallback, total: int, already: int) -> None:
+        self.progress, self.total, self.done = progress, total, already
         self.lock = threading.Lock()
         self.last = 0.0
+        progress(ProgressEvent("checkpoints", self.done, self.total))
 
-    def file_bytes(self, task: str, size: int) -> Callable[[int], None]:
-        state = {"done": 0}
+    def file(self, task: str, size: int, credit: int) -> tuple[Callable[[int], None], Callable[[], None]]:
+        """(on_bytes, finish) for one file whose first `credit` bytes are already counted. The first
+        on_bytes call gives the bytes found on disk, later calls the bytes received (negative: dropped)."""
+        state = {"done": credit, "first": True}
 
         def on_bytes(n: int) -> None:
             with self.lock:
-                state["done"] += n
-                self.done += n
+                delta = n - state["done"] if state.pop("first", False) else n
+                state["done"] += delta
+                self.done += delta
                 now = time.monotonic()
                 if now - self.last >= 0.1 or state["done"] >= size:
                     self.last = now
                     self.progress(ProgressEvent(task, state["done"], size))
                     self.progress(ProgressEvent("checkpoints", self.done, self.total))
 
-        return on_bytes
+        def finish() -> None:
+            with self.lock:
+                self.done += size - state["done"]
+                self.progress(ProgressEvent(task, size, size, finished=True))
+                self.progress(ProgressEvent("checkpoints", self.done, self.total))
 
-    def finish(self, task: str, size: int, counted: int) -> None:
-        with self.lock:
-            self.done += size - counted
-            self.progress(ProgressEvent(task, size, size, finished=True))
-            self.progress(ProgressEvent("checkpoints", self.done, self.total))
+        return on_bytes, finish
 
 
 def download_checkpoints(loaded: Any, options: DownloadOptions = DownloadOptions(),
@@ -234,7 +241,8 @@ class _Fetcher:
         self.jobs: dict[Path, tuple[LockedCheckpoint, LockedFile]] = {}
         for checkpoint, file in hub_files:  # one job per blob: equal files are fetched once
             self.jobs.setdefault(blob_path(self.cache, file), (checkpoint, file))
-        self.bar = _Progress(progress, sum(f.size for _, f in self.jobs.values()))
+        self.credit = {blob: self._on_disk(blob, file) for blob, (_, file) in self.jobs.items()}
+        self.bar = _Progress(progress, sum(f.size for _, f in self.jobs.values()), sum(self.credit.values()))
         self.outcome_by_blob: dict[Path, FileOutcome] = {}
 
     def run(self) -> list[FileOutcome]:
@@ -258,29 +266,30 @@ class _Fetcher:
                 self.clients[self.endpoint] = HubClient(self.endpoint, self.options.token)
             return self.clients[self.endpoint]
 
+    def _on_disk(self, blob: Path, file: LockedFile) -> int:
+        """Bytes of this file already here: all of a finished blob (unless re-hashed), or a partial file."""
+        if blob.exists() and blob.stat().st_size == file.size and not self.options.verify_all:
+            return file.size
+        partial = blob.with_name(blob.name + ".partial")
+        size = partial.stat().st_size if partial.exists() else 0
+        return size if size <= file.size else 0
+
     def _one(self, job: tuple[Path, tuple[LockedCheckpoint, LockedFile]]) -> FileOutcome:
         blob, (checkpoint, file) = job
         task = f"{checkpoint.dest}/{file.path}"
+        on_bytes, finish = self.bar.file(task, file.size, self.credit[blob])
         if blob.exists() and blob.stat().st_size == file.size:
             if not self.options.verify_all:
-                self.bar.finish(task, file.size, 0)
+                finish()
                 return FileOutcome(checkpoint.dest, file.path, file.size, "cached")
             algorithm, expected = file.digest
-            actual = _hash_file(blob, algorithm)
-            if actual == expected:
-                self.bar.finish(task, file.size, 0)
+            if _hash_file(blob, algorithm) == expected:
+                finish()
                 return FileOutcome(checkpoint.dest, file.path, file.size, "verified")
             blob.unlink()
         client = self._client()
         url = client.file_url(checkpoint.key["repo"], checkpoint.commit, file.path, checkpoint.key["repo_type"])
-        on_bytes = self.bar.file_bytes(task, file.size)
-        counted = [0]
-
-        def count(n: int) -> None:
-            counted[0] += n
-            on_bytes(n)
-
-        result = fetch_file(url, client.headers(), blob, file, self.options.transfer, count)
-        self.bar.finish(task, file.size, counted[0])
+        result = fetch_file(url, client.headers(), blob, file, self.options.transfer, on_bytes)
+        finish()
         action = "resumed" if result.resumed_from else "downloaded"
         return FileOutcome(checkpoint.dest, file.path, file.size, action, result.fetched, result.resumed_from)

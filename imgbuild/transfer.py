@@ -163,20 +163,20 @@ def fetch_file(
 def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> tuple[int, str | None, int]:
     """One GET (after a fresh redirect); returns (bytes received, etag, restarts). Raises _Retry."""
     timeout = (options.connect_timeout, options.read_timeout)
-    restarted = 0
+    restarted = received = 0
     try:
-        response, new_etag = _open(session, url, headers, part.offset, timeout)
+        response, new_etag, restarted = _open(session, url, headers, part, etag, timeout, on_bytes)
         with response:
-            if etag and new_etag and new_etag != etag and part.offset:
-                # The file changed upstream since these bytes were fetched: they are worthless now.
+            if response.status_code == 206 and etag and new_etag and new_etag != etag:
+                # A server that ignores If-Range sent the rest of a changed file: the bytes on disk are stale.
                 on_bytes(-part.offset)
                 part.discard()
-                raise _Retry("file changed upstream; starting over", 0, 1)
+                raise _Retry("file changed upstream; starting over", 0, restarted + 1)
             if new_etag != etag or not part.state_path.exists():
                 etag = new_etag
                 part.save_state(etag)
             if response.status_code in RETRY_STATUS:
-                raise _Retry(f"HTTP {response.status_code}", 0, 0)
+                raise _Retry(f"HTTP {response.status_code}", 0, restarted)
             if response.status_code not in (200, 206):
                 raise DownloadError(f"{part.name}: HTTP {response.status_code} from {response.url}",
                                     hint="check the repo, the revision and HF_TOKEN")
@@ -185,9 +185,9 @@ def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> 
                 on_bytes(-part.offset)
                 part.path.unlink(missing_ok=True)
                 part.reset_hash()
-                restarted = 1
+                restarted += 1
             elif response.status_code == 206 and not _range_starts_at(response, part.offset):
-                raise _Retry("server answered another byte range", 0, 0)
+                raise _Retry("server answered another byte range", 0, restarted)
             received = _stream(response, part, on_bytes)
     except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
         raise _Retry(f"{type(exc).__name__}: {exc}", getattr(exc, "received", 0), restarted) from None
@@ -196,19 +196,28 @@ def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> 
     return received, etag, restarted
 
 
-def _open(session: requests.Session, url: str, headers: dict[str, str], offset: int,
-          timeout) -> tuple[requests.Response, str | None]:
+def _open(session: requests.Session, url: str, headers: dict[str, str], part: _Partial, etag: str | None,
+          timeout, on_bytes: Callable[[int], None]) -> tuple[requests.Response, str | None, int]:
     """GET the resolve URL and follow its redirect by hand, without the token once it leaves the Hub's
-    origin. Returns the response and the file's ETag (the Hub's X-Linked-Etag on a redirect)."""
-    extra = {"Range": f"bytes={offset}-"} if offset else {}
-    linked = None
-    for _ in range(5):
+    origin. Returns the response, the file's ETag (the Hub's X-Linked-Etag on a redirect) and 1 if the
+    bytes on disk were dropped because the file changed upstream."""
+    linked, restarted = None, 0
+    for hop in range(5):
+        extra = {"Range": f"bytes={part.offset}-"} if part.offset else {}
+        if extra and etag and hop == 0:
+            # Only the Hub itself answers with the ETag the partial bytes were fetched under.
+            extra["If-Range"] = f'"{etag}"'
         response = session.get(url, headers={**headers, **extra}, timeout=timeout, stream=True, allow_redirects=False)
         if not response.is_redirect:
-            return response, linked or _etag(response)
+            return response, linked or _etag(response), restarted
         location = urljoin(url, response.headers["Location"])
         linked = linked or _etag(response)
         response.close()
+        if etag and linked and linked != etag and part.offset:
+            # Changed upstream since these bytes were fetched: ask the new file from its start.
+            on_bytes(-part.offset)
+            part.discard()
+            restarted = 1
         if _origin(location) != _origin(url):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         url = location
