@@ -150,7 +150,7 @@ class _RichProgress:
         if task is None:
             if event.finished and not event.done:
                 return
-            task = self.progress.add_task(event.task, total=event.total)
+            task = self.progress.add_task(event.task, total=event.total, completed=event.done)
             self.tasks[event.task] = task
         self.progress.update(task, completed=event.done, total=event.total)
         if event.finished:
