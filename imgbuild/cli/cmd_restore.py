@@ -1,0 +1,133 @@
+"""Restore commands: `verify`, `load`, `load-and-run`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for,
+                                 stderr)
+from imgbuild.engines import connect
+from imgbuild.load import LoadOptions, LoadResult, VolumeRequest, load_set
+from imgbuild.run import RunOptions, RunResult, load_and_run
+from imgbuild.verify import VerifyOptions, VerifyReport, verify_set
+
+DirsArg = Annotated[list[Path], typer.Argument(help="A set folder, or volume folders (discs), in any places.",
+                                                show_default=False)]
+ManifestOpt = Annotated[Path | None, typer.Option(
+    "--manifest", help="Check against this catalog copy of the manifest (manifests/SETID.json), the root of trust.")]
+PromptOpt = Annotated[bool, typer.Option("--prompt", help="Ask for each missing volume (disc) when it is needed.")]
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def render_verify(report: VerifyReport) -> Table | str:
+    lines = [f"set {report.name} ({report.set_id}), manifest {report.manifest_source}",
+             f"volumes checked: {', '.join(map(str, report.volumes_checked)) or 'none'} of {report.volume_count}"]
+    if report.volumes_not_given:
+        lines.append(f"volumes not given (not checked): {', '.join(map(str, report.volumes_not_given))}")
+    lines.append(f"{report.files_checked} files, {report.bytes_checked} bytes ({_human(report.bytes_checked)}) "
+                 f"read and hashed in {report.seconds:.2f} s, {_human(report.throughput)}/s")
+    if report.deep:
+        lines.append(f"deep: {report.layers_checked} layers decompressed and their diff ids checked")
+    for problem in report.problems:
+        lines.append(f"[red]BAD[/red] {escape(problem.path)}: {escape(problem.detail)}")
+    lines.append("[green]OK[/green]: every file matches" if report.ok
+                 else f"[red]FAILED[/red]: {len(report.problems)} problems")
+    return "\n".join(lines)
+
+
+@app.command()
+@cli_command
+def verify(dirs: DirsArg, manifest: ManifestOpt = None,
+           deep: Annotated[bool, typer.Option("--deep", help="Also decompress every layer and check its diff id.")]
+           = False,
+           json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Check volumes strictly against the set manifest and SHA256SUMS; exit 1 naming each bad file."""
+    with progress_for(json_out, verbose) as progress:
+        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest), progress)
+    emit(report, json_out, render_verify)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def ask_volume(request: VolumeRequest) -> Path | None:
+    """Ask on the terminal for a volume's folder (the mount point of the disc); empty answer gives up."""
+    stderr.print(f"[yellow]insert[/yellow] {escape(request.label)} ({escape(request.reason)})")
+    stderr.print("folder of that volume (empty to give up): ", end="")
+    answer = sys.stdin.readline().strip()
+    return Path(answer) if answer else None
+
+
+def render_load(result: LoadResult) -> str:
+    lines = [f"set {result.name} ({result.set_id}) into {result.engine}: {result.layers_sent} layers, "
+             f"{_human(result.bytes_read)} read, {_human(result.bytes_sent)} sent in {result.seconds:.1f} s"]
+    for image in result.images:
+        lines.append(f"{image.status:8} {image.id[:19]} {' '.join(image.tags)}")
+    return "\n".join(lines)
+
+
+@app.command()
+@cli_command
+def load(dirs: DirsArg, manifest: ManifestOpt = None,
+         image: Annotated[list[str] | None, typer.Option("--image", help="Load only this image (tag, id, role).")]
+         = None,
+         prompt: PromptOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
+         json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Load a set's images into the engine, checking every part as it streams; present images are skipped."""
+    options = LoadOptions(catalog=manifest, images=tuple(image or ()), ask_volume=ask_volume if prompt else None)
+    with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
+        result = load_set(found, dirs, options, progress)
+    emit(result, json_out, render_load)
+
+
+def render_run(result: RunResult) -> str:
+    if result.stopped:
+        return f"stopped and removed {result.container_id[:12]} ({result.stop_reason})"
+    lines = [f"{result.image} is healthy after {result.seconds_to_healthy:.1f} s: {result.url}"]
+    if result.detached:
+        lines.append(result.container_id)
+    else:
+        lines.append("press Ctrl-C to stop and remove it")
+    return "\n".join(lines)
+
+
+@app.command("load-and-run")
+@cli_command
+def load_and_run_command(
+        dirs: DirsArg, manifest: ManifestOpt = None,
+        image: Annotated[str | None, typer.Option("--image", help="Which image of the set to run (default: app).")]
+        = None,
+        port: Annotated[int | None, typer.Option("--port", help="Host port (default: the service's; 0: any free).")]
+        = None,
+        bind: Annotated[str, typer.Option("--bind", help="Host address the port is published on.")] = "127.0.0.1",
+        detach: Annotated[bool, typer.Option("--detach", help="Leave it running and print the container id.")]
+        = False,
+        cpus: Annotated[float | None, typer.Option("--cpus", help="CPU limit, e.g. 1.5.")] = None,
+        memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 4g.")] = None,
+        health_timeout: Annotated[float | None, typer.Option(
+            "--health-timeout", help="Seconds to wait for the health check (default: the recipe's).")] = None,
+        prompt: PromptOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
+        json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
+    """Load a set (skipping present images), start its app's serve command and wait until healthy."""
+    load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None)
+    run_options = RunOptions(image=image, bind=bind, port=port, cpus=cpus, memory=memory, detach=detach,
+                             health_timeout=health_timeout)
+
+    def ready(result: RunResult) -> None:
+        emit(result, json_out, render_run)
+
+    with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
+        result = load_and_run(found, dirs, load_options, run_options, progress, on_ready=ready)
+    emit(result, json_out, render_run)

@@ -1,0 +1,186 @@
+"""Find the volumes of a set among the folders a user names, and the manifest to trust.
+
+Shared by verify and load. A folder the user names is either a volume folder (it holds imgbuild-set.json)
+or a set folder (its subfolders are volume folders). A disc mounted somewhere is named by its mount point,
+not by the volume folder name it was burned from, so a volume is recognised by its content when its
+folder name does not tell: the part files it holds (part names are unique within a set) or, when those
+are gone, the part names its SHA256SUMS lists.
+
+The trusted manifest is the catalog copy when one is given (the root of trust kept apart from the discs),
+otherwise the manifest most volumes agree on. Volumes whose own copy differs are still used; verify
+reports the differing copy as a bad file.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgbuild import layout
+from imgbuild.errors import ArchiveError, ManifestError
+from imgbuild.manifest import SetManifest, parse_manifest
+
+
+@dataclass(frozen=True)
+class Finding:
+    """Something wrong with the folders given (not with a file's content)."""
+
+    folder: str
+    reason: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"folder": self.folder, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class LocatedSet:
+    manifest: SetManifest
+    manifest_bytes: bytes = field(repr=False)
+    manifest_source: str
+    folders: dict[int, Path]
+    whole_set_expected: bool
+    findings: tuple[Finding, ...] = ()
+
+    def missing(self) -> list[int]:
+        return [v.number for v in self.manifest.volumes if v.number not in self.folders]
+
+    def label(self, number: int) -> str:
+        """How a volume is named to a user: its folder name, which is also the disc label imgbuild suggests."""
+        return f"{self.manifest.volume(number).folder} (volume {number} of {self.manifest.volume_count} " \
+               f"of set {self.manifest.name})"
+
+
+def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool]:
+    """Volume folders under ``dirs``, and whether a set folder was given (then every volume is expected)."""
+    found: list[Path] = []
+    set_folder_given = False
+    for d in dirs:
+        if not d.is_dir():
+            raise ArchiveError(f"{d}: not a folder")
+        if (d / layout.MANIFEST_NAME).exists():
+            found.append(d)
+            continue
+        children = sorted(c for c in d.iterdir() if c.is_dir() and not c.is_symlink()
+                          and not c.name.endswith(layout.PARTIAL_SUFFIX) and (c / layout.MANIFEST_NAME).exists())
+        if not children:
+            partial = sorted(c.name for c in d.iterdir() if c.name.endswith(layout.PARTIAL_SUFFIX))
+            hint = f"{', '.join(partial)} is an unfinished archive; rerun the archive command" if partial else None
+            raise ArchiveError(f"{d}: no volume of an imgbuild set here (no {layout.MANIFEST_NAME})", hint=hint)
+        found.extend(children)
+        set_folder_given = True
+    return found, set_folder_given
+
+
+def read_small_file(path: Path, limit: int) -> bytes:
+    """Read a metadata file without following a symlink and refusing anything above ``limit`` bytes."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ArchiveError(f"{path}: {exc.strerror or exc}") from exc
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            raise ArchiveError(f"{path}: not a regular file")
+        data = handle.read(limit + 1)
+    if len(data) > limit:
+        raise ArchiveError(f"{path}: larger than {limit} bytes")
+    return data
+
+
+def locate_set(dirs: Sequence[Path], catalog: Path | None = None) -> LocatedSet:
+    """Find the volumes among ``dirs`` and the trusted manifest; refuses hostile manifests (ManifestError)."""
+    folders, whole_set = candidate_folders(dirs)
+    copies: dict[Path, bytes] = {}
+    for folder in folders:
+        try:
+            copies[folder] = read_small_file(folder / layout.MANIFEST_NAME, layout.MAX_MANIFEST_BYTES)
+        except ArchiveError:
+            copies[folder] = b""
+    if catalog is not None:
+        trusted_bytes = read_small_file(catalog, layout.MAX_MANIFEST_BYTES)
+        source = str(catalog)
+        manifest = parse_manifest(trusted_bytes, source)
+    else:
+        manifest, trusted_bytes, source = _majority_manifest(copies)
+    findings: list[Finding] = []
+    numbers: dict[int, Path] = {}
+    for folder in folders:
+        number = identify_volume(folder, manifest)
+        if number is None:
+            findings.append(Finding(str(folder), f"is not a volume of set {manifest.set_id} ({manifest.name})"))
+        elif number in numbers:
+            findings.append(Finding(str(folder), f"is volume {number} again (already found at {numbers[number]})"))
+        else:
+            numbers[number] = folder
+    return LocatedSet(manifest=manifest, manifest_bytes=trusted_bytes, manifest_source=source,
+                      folders=dict(sorted(numbers.items())), whole_set_expected=whole_set,
+                      findings=tuple(findings))
+
+
+def _majority_manifest(copies: dict[Path, bytes]) -> tuple[SetManifest, bytes, str]:
+    """The manifest copy most volumes hold that parses; the first refusal is raised when none does."""
+    counts = Counter(data for data in copies.values() if data)
+    first_error: ManifestError | None = None
+    for data, _ in counts.most_common():
+        folder = next(f for f, d in copies.items() if d == data)
+        source = str(folder / layout.MANIFEST_NAME)
+        try:
+            return parse_manifest(data, source), data, source
+        except ManifestError as exc:
+            first_error = first_error or exc
+    if first_error is not None:
+        raise first_error
+    raise ArchiveError("no readable set manifest in " + ", ".join(str(f) for f in copies))
+
+
+def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
+    """Which volume of ``manifest`` ``folder`` is, or None when it is not one of them."""
+    parsed = layout.parse_volume_folder(folder.name)
+    if parsed is not None:
+        set_id, number = parsed
+        if set_id == manifest.set_id and number <= manifest.volume_count:
+            return number
+        if set_id != manifest.set_id:
+            return None
+    owners = {(f.path): v.number for v in manifest.volumes for f in v.files if layout.PART_RE.match(f.path)}
+    for path, number in owners.items():
+        if os.path.lexists(folder / path):
+            return number
+    try:
+        sums = read_small_file(folder / layout.SUMS_NAME, layout.MAX_MANIFEST_BYTES).decode("utf-8", "replace")
+    except ArchiveError:
+        return None
+    for line in sums.splitlines():
+        path = line[66:] if len(line) > 66 else ""
+        if path in owners:
+            return owners[path]
+    return None
+
+
+def safe_member(folder: Path, relative: str) -> Path:
+    """``folder/relative`` after checking that no component below ``folder`` is a symlink or odd file type.
+
+    ``relative`` already matched the layout's patterns (no "..", not absolute); this guards against a
+    volume whose ``blobs`` folder or part file was replaced by a symlink pointing elsewhere.
+    """
+    path = folder
+    parts = relative.split("/")
+    for index, name in enumerate(parts):
+        path = path / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise ArchiveError(f"{path}: {exc.strerror or exc}") from exc
+        if stat.S_ISLNK(mode):
+            raise ArchiveError(f"{path}: is a symbolic link; volume files must be regular files")
+        last = index == len(parts) - 1
+        if last and not stat.S_ISREG(mode):
+            raise ArchiveError(f"{path}: not a regular file")
+        if not last and not stat.S_ISDIR(mode):
+            raise ArchiveError(f"{path}: not a folder")
+    return path
