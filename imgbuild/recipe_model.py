@@ -10,9 +10,9 @@ Loading (YAML with positions, ${VAR} interpolation, error messages) lives in img
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 API_VERSION = "imgbuild/v1"
 
@@ -92,7 +92,10 @@ class ContextItem(_Model):
     """A local file or folder copied into the app layer's build context."""
 
     src: str = Field(description="File, folder or .zip, relative to the recipe.")
-    dest: str = Field(description="Path inside the build context (and, by the Containerfile, in the image).")
+    dest: str = Field(
+        description="Path relative to the app folder: app/DEST in the build context, /opt/app/DEST in the image "
+        "(with the default app Containerfile)."
+    )
     extract: bool = Field(False, description="Extract a .zip (or .tar*) into dest instead of copying it.")
     strip_components: int = Field(0, ge=0, description="Leading path components dropped when extracting.")
 
@@ -117,7 +120,20 @@ class LocalCheckpoint(_Model):
     dest: str
 
 
-Checkpoint = HubCheckpoint | LocalCheckpoint
+def _checkpoint_kind(value: Any) -> str | None:
+    """`repo:` makes a Hub checkpoint, `path:` a local one; choosing here gives one clear error, not two."""
+    if isinstance(value, (HubCheckpoint, LocalCheckpoint)):
+        return "hub" if isinstance(value, HubCheckpoint) else "local"
+    if isinstance(value, dict):
+        return "local" if "path" in value and "repo" not in value else "hub"
+    return None
+
+
+Checkpoint = Annotated[
+    Annotated[HubCheckpoint, Tag("hub")] | Annotated[LocalCheckpoint, Tag("local")],
+    Discriminator(_checkpoint_kind, custom_error_type="checkpoint_kind",
+                  custom_error_message="a checkpoint needs `repo` (Hugging Face) or `path` (local folder)"),
+]
 
 
 class HealthCheck(_Model):
