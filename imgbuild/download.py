@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -22,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from imgbuild.errors import ChecksumMismatch, DownloadError, ImgbuildError
+from imgbuild.errors import DownloadError
 from imgbuild.hub import HubClient, choose_endpoint
-from imgbuild.lockfile import (CHECKPOINTS_LOCK_NAME, HUB_KEYS, LOCAL_KEYS, Lock, LockedCheckpoint, LockedFile,
-                               lock_path_for, read_lock, write_atomic, write_lock)
+from imgbuild.lockfile import (HUB_KEYS, LOCAL_KEYS, Lock, LockedCheckpoint, LockedFile, lock_path_for, read_lock,
+                               write_lock)
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
 from imgbuild.transfer import BLOCK, TransferOptions, fetch_file, new_hasher
@@ -140,7 +139,7 @@ def _lock_hub(client: HubClient, entry: HubCheckpoint, dest: str) -> LockedCheck
     return LockedCheckpoint(_entry_key(entry), dest, files, "hub", commit, client.endpoint)
 
 
-def _local_files(root: Path, entry: LocalCheckpoint) -> list[tuple[str, Path]]:
+def local_files(root: Path, entry: LocalCheckpoint) -> list[tuple[str, Path]]:
     from huggingface_hub.utils import filter_repo_objects
 
     if root.is_file():
@@ -155,14 +154,14 @@ def _local_files(root: Path, entry: LocalCheckpoint) -> list[tuple[str, Path]]:
 def _lock_local(folder: Path, entry: LocalCheckpoint, dest: str, progress: ProgressCallback) -> LockedCheckpoint:
     root = (folder / entry.path).resolve()
     files = []
-    for rel, path in _local_files(root, entry):
-        files.append(LockedFile(rel, path.stat().st_size, _hash_file(path, "sha256", progress, f"hash {rel}")))
+    for rel, path in local_files(root, entry):
+        files.append(LockedFile(rel, path.stat().st_size, hash_file(path, "sha256", progress, f"hash {rel}")))
     if not files:
         raise DownloadError(f"local checkpoint {root}: no file matches the include/exclude patterns")
     return LockedCheckpoint(_entry_key(entry), dest, tuple(files), "local")
 
 
-def _hash_file(path: Path, algorithm: str, progress: ProgressCallback = no_progress, task: str = "") -> str:
+def hash_file(path: Path, algorithm: str, progress: ProgressCallback = no_progress, task: str = "") -> str:
     size = path.stat().st_size
     digest = new_hasher(algorithm, size)
     done = 0
@@ -283,7 +282,7 @@ class _Fetcher:
                 finish()
                 return FileOutcome(checkpoint.dest, file.path, file.size, "cached")
             algorithm, expected = file.digest
-            if _hash_file(blob, algorithm) == expected:
+            if hash_file(blob, algorithm) == expected:
                 finish()
                 return FileOutcome(checkpoint.dest, file.path, file.size, "verified")
             blob.unlink()

@@ -1,9 +1,11 @@
 """Put locked checkpoints into an app build context: each entry's files under its `dest`, and the lock.
 
 Hub files come from the verified cache (a hard link when the cache is on the same file system, else a
-copy); local files are copied and hashed while copied, so a folder changed since it was locked is caught.
-The lock goes into the context as CHECKPOINTS_LOCK_NAME; its sha256 becomes the image label
-org.imgbuild.checkpoints-lock.
+copy); local files are hashed again first, so a folder changed since it was locked is caught. The lock goes
+into the context as CHECKPOINTS_LOCK_NAME; its sha256 becomes the image label org.imgbuild.checkpoints-lock.
+
+`checkpoint_inputs` is what build.py calls before the app layer: it returns (source, DEST/PATH) pairs that
+the build context places under the app folder, so nothing is copied twice.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imgbuild.download import (DownloadOptions, DownloadResult, _local_files, blob_path, download_checkpoints)
+from imgbuild.download import (DownloadOptions, DownloadResult, blob_path, download_checkpoints, hash_file,
+                               local_files)
 from imgbuild.errors import ChecksumMismatch, DownloadError
-from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, Lock, LockedFile, write_atomic
-from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
-from imgbuild.transfer import BLOCK, new_hasher
+from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, Lock, LockedFile, read_lock, write_atomic
+from imgbuild.progress import ProgressCallback, no_progress
+
+RELOCK = "the local checkpoint changed since it was locked; `imgbuild download --update RECIPE` locks it again"
 
 
 @dataclass(frozen=True)
@@ -38,47 +42,80 @@ class StageResult:
         return data
 
 
-def prepare_checkpoints(loaded: Any, target_dir: Path, options: DownloadOptions = DownloadOptions(),
-                        progress: ProgressCallback = no_progress) -> StageResult:
-    """What a build calls: lock and download the recipe's checkpoints, then stage them into target_dir."""
-    from imgbuild.lockfile import read_lock
+@dataclass(frozen=True)
+class CheckpointInputs:
+    """What the app layer build needs: files to place under the app folder and the lock label."""
 
+    extra_context: tuple[tuple[Path, str], ...]  # (source file, path inside the app folder)
+    labels: dict[str, str]  # {org.imgbuild.checkpoints-lock: sha256 of the lock}
+    download: DownloadResult
+
+    def to_json(self) -> dict[str, Any]:
+        return {"files": len(self.extra_context), "labels": self.labels, "download": self.download.to_json()}
+
+
+def checkpoint_inputs(loaded: Any, options: DownloadOptions = DownloadOptions(),
+                      progress: ProgressCallback = no_progress) -> CheckpointInputs:
+    """Lock and download the recipe's checkpoints; return them (and the lock) as build context entries.
+
+    The build places them (hard links where it can) under the app folder: files at DEST/PATH, the lock at
+    CHECKPOINTS_LOCK_NAME; the lock's sha256 becomes the label org.imgbuild.checkpoints-lock."""
     result = download_checkpoints(loaded, options, progress)
     lock = read_lock(result.lock_path)
     assert lock is not None  # download_checkpoints has just written it
+    pairs = checkpoint_files(loaded, lock, options, progress)
+    pairs.append((result.lock_path, CHECKPOINTS_LOCK_NAME))
+    return CheckpointInputs(tuple(pairs), {LOCK_LABEL: result.lock_sha256}, result)
+
+
+def prepare_checkpoints(loaded: Any, target_dir: Path, options: DownloadOptions = DownloadOptions(),
+                        progress: ProgressCallback = no_progress) -> StageResult:
+    """Lock and download the recipe's checkpoints, then stage them into target_dir."""
+    result = download_checkpoints(loaded, options, progress)
+    lock = read_lock(result.lock_path)
+    assert lock is not None
     staged = stage_checkpoints(loaded, lock, target_dir, options, progress)
     return StageResult(staged.lock_file, staged.lock_sha256, staged.files, staged.bytes, result)
+
+
+def checkpoint_files(loaded: Any, lock: Lock, options: DownloadOptions = DownloadOptions(),
+                     progress: ProgressCallback = no_progress) -> list[tuple[Path, str]]:
+    """(source, DEST/PATH) of every locked file: verified cache blobs, and local files re-hashed now so that
+    a folder changed since it was locked is caught."""
+    pairs: list[tuple[Path, str]] = []
+    for checkpoint in lock.checkpoints:
+        local: dict[str, Path] = {}
+        if checkpoint.source == "local":
+            root = (Path(loaded.folder) / checkpoint.key["path"]).resolve()
+            local = dict(local_files(root, _Patterns(checkpoint.key)))
+        for file in checkpoint.files:
+            name = f"{checkpoint.dest}/{file.path}"
+            if checkpoint.source == "hub":
+                source = blob_path(options.cache, file)
+                if not source.exists():
+                    raise DownloadError(f"{name} is not downloaded yet", hint="run `imgbuild download RECIPE` first")
+            else:
+                source = local.get(file.path)
+                if source is None:
+                    raise DownloadError(f"{checkpoint.key['path']}/{file.path} is locked but missing", hint=RELOCK)
+                _verify_local(source, file, progress, f"verify {name}")
+            pairs.append((source, name))
+    return pairs
 
 
 def stage_checkpoints(loaded: Any, lock: Lock, target_dir: Path, options: DownloadOptions = DownloadOptions(),
                       progress: ProgressCallback = no_progress) -> StageResult:
     """Place every locked file at target_dir/<dest>/<path> and the lock at target_dir/CHECKPOINTS_LOCK_NAME."""
-    count = total = 0
-    for checkpoint in lock.checkpoints:
-        local: dict[str, Path] = {}
-        if checkpoint.source == "local":
-            root = (Path(loaded.folder) / checkpoint.key["path"]).resolve()
-            local = dict(_local_files(root, _Patterns(checkpoint.key)))
-        for file in checkpoint.files:
-            target = target_dir / checkpoint.dest / file.path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if checkpoint.source == "hub":
-                source = blob_path(options.cache, file)
-                if not source.exists():
-                    raise DownloadError(f"{checkpoint.dest}/{file.path} is not downloaded yet",
-                                        hint="run `imgbuild download RECIPE` first")
-                _link_or_copy(source, target)
-            else:
-                if file.path not in local:
-                    raise DownloadError(f"{checkpoint.key['path']}/{file.path} is locked but missing",
-                                        hint="run `imgbuild download --update RECIPE` if the folder changed on purpose")
-                _copy_verified(local[file.path], target, file, progress, f"stage {checkpoint.dest}/{file.path}")
-            count += 1
-            total += file.size
+    pairs = checkpoint_files(loaded, lock, options, progress)
+    for source, name in pairs:
+        target = target_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _link_or_copy(source, target)
     data = lock.dumps().encode()
     lock_file = target_dir / CHECKPOINTS_LOCK_NAME
     write_atomic(lock_file, data)
-    return StageResult(lock_file, hashlib.sha256(data).hexdigest(), count, total)
+    return StageResult(lock_file, hashlib.sha256(data).hexdigest(), len(pairs),
+                       sum(f.size for c in lock.checkpoints for f in c.files))
 
 
 class _Patterns:
@@ -99,23 +136,10 @@ def _link_or_copy(source: Path, target: Path) -> None:
     os.replace(partial, target)
 
 
-def _copy_verified(source: Path, target: Path, file: LockedFile, progress: ProgressCallback, task: str) -> None:
+def _verify_local(source: Path, file: LockedFile, progress: ProgressCallback, task: str) -> None:
     algorithm, expected = file.digest
-    digest = new_hasher(algorithm, file.size)
-    partial = target.with_name(target.name + ".partial")
-    done = 0
-    with open(source, "rb") as src, open(partial, "wb") as dst:
-        while block := src.read(BLOCK * 4):
-            digest.update(block)
-            dst.write(block)
-            done += len(block)
-            progress(ProgressEvent(task, done, file.size))
-        dst.flush()
-        os.fsync(dst.fileno())
-    if digest.hexdigest() != expected:
-        partial.unlink()
-        error = ChecksumMismatch(str(source), expected, digest.hexdigest(), what=algorithm)
-        error.hint = "the local checkpoint changed since it was locked; `imgbuild download --update RECIPE` relocks it"
+    actual = hash_file(source, algorithm, progress, task)
+    if actual != expected:
+        error = ChecksumMismatch(str(source), expected, actual, what=algorithm)
+        error.hint = RELOCK
         raise error
-    progress(ProgressEvent(task, done, file.size, finished=True))
-    os.replace(partial, target)
