@@ -13,6 +13,7 @@ reports the differing copy as a bad file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from collections import Counter
@@ -137,7 +138,11 @@ def _majority_manifest(copies: dict[Path, bytes]) -> tuple[SetManifest, bytes, s
 
 
 def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
-    """Which volume of ``manifest`` ``folder`` is, or None when it is not one of them."""
+    """Which volume of ``manifest`` ``folder`` is, or None when it is not one of them.
+
+    By folder name when it is a volume folder name; else by its README.txt, which differs between volumes
+    ("volume k of N") and whose sha256 the manifest lists; else by the part files it holds or lists.
+    """
     parsed = layout.parse_volume_folder(folder.name)
     if parsed is not None:
         set_id, number = parsed
@@ -145,7 +150,10 @@ def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
             return number
         if set_id != manifest.set_id:
             return None
-    owners = {(f.path): v.number for v in manifest.volumes for f in v.files if layout.PART_RE.match(f.path)}
+    by_readme = _by_readme(folder, manifest)
+    if by_readme is not None:
+        return by_readme
+    owners = {f.path: v.number for v in manifest.volumes for f in v.files if layout.PART_RE.match(f.path)}
     for path, number in owners.items():
         if os.path.lexists(folder / path):
             return number
@@ -158,6 +166,16 @@ def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
         if path in owners:
             return owners[path]
     return None
+
+
+def _by_readme(folder: Path, manifest: SetManifest) -> int | None:
+    try:
+        digest = hashlib.sha256(read_small_file(folder / layout.README_NAME, 1 << 20)).hexdigest()
+    except ArchiveError:
+        return None
+    found = [v.number for v in manifest.volumes for f in v.files if f.path == layout.README_NAME
+             and f.sha256 == digest]
+    return found[0] if len(found) == 1 else None
 
 
 def safe_member(folder: Path, relative: str) -> Path:

@@ -1,0 +1,116 @@
+"""Real images and real archive sets for the verify / load / load-and-run tests.
+
+Images are made through the engine's API (import + a COPY-only build, which needs no container runtime);
+sets are written by imgbuild's own archive(). Nothing here writes a set by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import secrets
+import shutil
+import tarfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import docker.errors
+
+from imgbuild.archive import ArchiveOptions, ArchiveResult, archive
+from imgbuild.engines import Engine, connect
+
+HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
+SERVE = {"port": 8080, "command": ["python3", "-m", "http.server", "8080", "-d", "/srv"],
+         "health": {"method": "GET", "path": "/health", "expect_status": 200, "timeout": 60, "interval": 0.3}}
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def build(engine: Engine, tag: str, containerfile: str, files: dict[str, bytes]) -> str:
+    """Build ``containerfile`` with ``files`` as its context; returns the image id."""
+    context = io.BytesIO(tar_bytes({"Containerfile": containerfile.encode(), **files}))
+    for line in engine.api.build(fileobj=context, custom_context=True, dockerfile="Containerfile", tag=tag,
+                                 rm=True, decode=True):
+        if "error" in line:
+            raise RuntimeError(f"build of {tag} failed: {line['error']}")
+    return str(engine.api.inspect_image(tag)["Id"])
+
+
+def random_images(engine: Engine, prefix: str) -> tuple[str, str]:
+    """(base, app): a base imported from a tar of random bytes, an app adding more random bytes on top.
+
+    Random bytes do not compress, so a few MB give several small volumes.
+    """
+    base = f"{prefix}-base:1"
+    app = f"{prefix}-app:1"
+    repository, tag = base.rsplit(":", 1)
+    answer = engine.api.import_image_from_data(tar_bytes({"data/base.bin": os.urandom(3_000_000)}))
+    # Podman's compatible import ignores the tag parameter: tag the id it reports instead.
+    image_id = json.loads(answer.strip().splitlines()[-1])["status"]
+    engine.api.tag(image_id, repository, tag)
+    build(engine, app, f"FROM {base}\nCOPY app.bin /data/app.bin\nCMD [\"/bin/true\"]\n",
+          {"app.bin": os.urandom(1_500_000)})
+    return base, app
+
+
+def web_image(engine: Engine, base: str, tag: str, health: bytes = b"ok\n") -> str:
+    """An HTTP server image on ``base`` (Debian + python3): /health answers 200; serve section as a label."""
+    label = json.dumps(SERVE).replace("'", "")
+    containerfile = (f"FROM {base}\nCOPY health /srv/health\nLABEL org.imgbuild.serve='{label}'\n"
+                     f"CMD {json.dumps(SERVE['command'])}\n")
+    return build(engine, tag, containerfile, {"health": health})
+
+
+def make_set(engine: Engine, refs: list[str], out: Path, media_size: int) -> ArchiveResult:
+    catalog = out.parent / f"{out.name}-catalog"
+    return archive(engine, refs, ArchiveOptions(out=out, media=None, media_size=media_size, catalog=catalog))
+
+
+def remove_images(engine: Engine, refs: list[str]) -> None:
+    """Remove tags and ids this test made (never prune)."""
+    for ref in refs:
+        try:
+            engine.api.remove_image(ref, force=True)
+        except docker.errors.APIError:
+            pass
+
+
+def image_exists(engine: Engine, ref: str) -> bool:
+    try:
+        engine.api.inspect_image(ref)
+    except docker.errors.APIError:
+        return False
+    return True
+
+
+@contextmanager
+def other_engine(kind: str) -> Iterator[Engine | None]:
+    """The engine of the other kind, or None when it is not configured."""
+    other = "docker" if kind == "podman" else "podman"
+    host = os.environ.get(HOST_VARS[other])
+    if not host:
+        yield None
+        return
+    with connect(other, host) as found:
+        yield found
+
+
+def copy_set(source: Path, target: Path) -> list[Path]:
+    """A private copy of a set folder; returns its volume folders in order."""
+    shutil.copytree(source, target)
+    return sorted(p for p in target.iterdir() if p.is_dir())
+
+
+def unique_prefix(name: str) -> str:
+    return f"localhost/imgbuild-test-{name}-{secrets.token_hex(4)}"
