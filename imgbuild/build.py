@@ -13,7 +13,7 @@ import json
 import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -110,6 +110,12 @@ def build_recipe(loaded: LoadedRecipe, engine: Engine, options: BuildOptions = B
     base = _build_layer(loaded, engine, "base", base_from, mirrors, options, {}, progress, base_identity)
     images.append(base)
     if recipe.app is not None:
+        if recipe.app.checkpoints:  # lock, download and verify them, then place them under the app folder
+            from imgbuild.stage import checkpoint_inputs
+
+            found = checkpoint_inputs(loaded, progress=progress)
+            options = replace(options, extra_context=options.extra_context + found.extra_context,
+                              extra_app_labels={**options.extra_app_labels, **found.labels})
         app_from = base.tag if recipe.app.from_ == "base" else with_registry(recipe.app.from_, mirrors.registry)
         labels = {LABEL + "serve": json.dumps(recipe.app.serve.model_dump(mode="json"), sort_keys=True),
                   **options.extra_app_labels}
