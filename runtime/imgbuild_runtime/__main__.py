@@ -1,6 +1,8 @@
 """Command line: `python -m imgbuild_runtime --model VOICE.onnx [--ref-data ref_data] [--port 8080] ...`.
 
-Exits 1 when the model fails to load (the container stops and its log says why), 0 on Ctrl-C/SIGTERM.
+Every flag has an environment default IMGBUILD_TTS_<FLAG> (e.g. IMGBUILD_TTS_MODEL, IMGBUILD_TTS_PORT), so an
+image can set paths with ENV and keep a plain CMD. Exits 1 when the model fails to load (the container stops
+and its log says why), 0 on Ctrl-C/SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,6 +31,20 @@ def find_model(path: Path, engine: str) -> Path:
     return path
 
 
+def _env_defaults(parser: argparse.ArgumentParser) -> None:
+    for action in parser._actions:
+        if not action.option_strings or action.dest in ("help", "version"):
+            continue
+        value = os.environ.get(f"IMGBUILD_TTS_{action.dest.upper()}")
+        if value is None:
+            continue
+        if action.nargs == 0:  # store_true flags
+            parser.set_defaults(**{action.dest: value.lower() in ("1", "true", "yes")})
+        else:
+            parser.set_defaults(**{action.dest: action.type(value) if action.type else value})
+            action.required = False
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="python -m imgbuild_runtime", description="CPU text-to-speech HTTP server.")
     p.add_argument("--model", type=Path, required=True, help="Voice model file, or a folder holding one.")
@@ -48,6 +64,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     p.add_argument("--no-preencode", action="store_true", help="Encode references on first use, not at start.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=__version__)
+    _env_defaults(p)
     args = p.parse_args(argv)
     for name in ("threads", "max_chars", "queue_size", "timeout"):
         if getattr(args, name) < (0 if name == "threads" else 1):
