@@ -30,6 +30,7 @@ from imgbuild.recipe import LoadedRecipe
 
 LABEL = "org.imgbuild."
 LOG_TAIL_LINES = 40
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Docker Engine colours a RUN step's stderr
 _STEP = re.compile(r"^(?:Step|STEP)\s+(\d+)/(\d+)\s*:?\s*(.*)$")
 
 
@@ -163,7 +164,7 @@ def run_build(engine: Engine, context: Path, tag: str, args: dict[str, str], lab
 
     def log(text: str) -> None:
         nonlocal step, tail
-        for line in text.splitlines():
+        for line in _ANSI.sub("", text).splitlines():
             line = line.rstrip()
             if not line:
                 continue

@@ -39,6 +39,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.engine)
 
 
+_skipped_engine_tests: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped and "engine" in report.keywords:
+        _skipped_engine_tests.append(report.nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With IMGBUILD_REQUIRE_ENGINES=1 (scripts/test.sh, CI) a skipped engine test fails the run."""
+    if _skipped_engine_tests and os.environ.get("IMGBUILD_REQUIRE_ENGINES") == "1":
+        print(f"\n{len(_skipped_engine_tests)} engine test(s) were skipped, but IMGBUILD_REQUIRE_ENGINES=1:")
+        for nodeid in _skipped_engine_tests:
+            print(f"  {nodeid}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 @pytest.fixture(scope="session", params=["podman", "docker"])
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """A real engine of each kind; skipped when not configured, failed under CI."""
