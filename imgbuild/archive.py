@@ -10,6 +10,7 @@ again. FORMAT.md describes what ends up on disc.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -24,6 +25,7 @@ import zstandard
 import imgbuild
 from imgbuild import layout
 from imgbuild.archive_sources import ResolvedSources, resolve_sources
+from imgbuild.blockhash import BLOCK_SIZE
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ImgbuildError, UsageError
 from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Layer, Media, SetManifest, Tool,
@@ -31,7 +33,7 @@ from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Layer
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.save_stream import SavedArchive, read_save_stream
 from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
-from imgbuild.volume_writer import VolumeWriter, file_cost, write_file_atomic
+from imgbuild.volume_writer import VolumeState, VolumeWriter, file_cost, write_file_atomic
 
 LONG_WINDOW_LOG = 27  # the largest window plain `zstd -d` accepts without --long
 SAVE_CHUNK = 1024 * 1024
@@ -47,6 +49,8 @@ class ArchiveOptions:
     long: bool = False
     catalog: Path = Path(layout.CATALOG_DEFAULT)
     threads: int = -1  # zstd worker threads; -1: one per CPU
+    parity: int = 0  # parity volumes (imgbuild/parity.py): any `parity` lost volumes can be rebuilt
+    iso: bool = False  # also write OUT/<volume folder>.iso per volume (imgbuild/iso.py)
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class ArchiveResult:
     compressed_bytes: int
     seconds: float
     already_complete: bool = False
+    isos: list[Path] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -70,7 +75,7 @@ class ArchiveResult:
             "catalog": str(self.catalog), "media": self.media, "capacity": self.capacity,
             "images": self.images, "layers": self.layers, "uncompressed_bytes": self.uncompressed_bytes,
             "compressed_bytes": self.compressed_bytes, "seconds": round(self.seconds, 3),
-            "already_complete": self.already_complete,
+            "already_complete": self.already_complete, "isos": [str(p) for p in self.isos],
         }
 
 
@@ -82,6 +87,8 @@ def set_id_for(sources: ResolvedSources, capacity: int, options: ArchiveOptions)
         "capacity": capacity, "level": options.level, "long": options.long,
         "recipe": sources.recipe.recipe.sha256 if sources.recipe else None,
     }
+    if options.parity:
+        payload["parity"] = options.parity
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -104,12 +111,15 @@ def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
     existing = _complete_set(out, set_id)
     if existing is not None:
         write_file_atomic(layout.catalog_path(options.catalog, set_id), dump_manifest(existing))
-        return _result(existing, out, options, time.monotonic() - started, already_complete=True)
+        result = _result(existing, out, options, time.monotonic() - started, already_complete=True)
+        return _with_isos(result, existing, options, reuse=True)
     _remove_leftovers(out, set_id)
 
     writer = VolumeWriter(out, set_id, capacity)
     try:
         manifest = _write_set(engine, resolved, writer, profile, capacity, options, progress)
+        if options.parity:
+            manifest = _add_parity(writer, manifest, options, progress)
         manifest_bytes = dump_manifest(manifest)
         _write_metadata_tail(writer, manifest_bytes)
         write_file_atomic(layout.catalog_path(options.catalog, set_id), manifest_bytes)
@@ -119,7 +129,29 @@ def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
         _remove_leftovers(out, set_id)
         raise
     progress(ProgressEvent(task=f"archive {set_id}", finished=True))
-    return _result(manifest, out, options, time.monotonic() - started)
+    return _with_isos(_result(manifest, out, options, time.monotonic() - started), manifest, options)
+
+
+def _add_parity(writer: VolumeWriter, manifest: SetManifest, options: ArchiveOptions,
+                progress: ProgressCallback) -> SetManifest:
+    """Parity volumes after the data volumes (imgbuild/parity.py); the writer then treats them like the rest."""
+    from imgbuild.parity import ParityOptions, add_parity_volumes
+
+    manifest = add_parity_volumes(writer.staging_folder, manifest, ParityOptions(options.parity), progress)
+    for volume in manifest.volumes[len(writer.volumes):]:
+        writer.volumes.append(VolumeState(volume.number, writer.staging_folder(volume.number),
+                                          sum(file_cost(f.size) for f in volume.files), list(volume.files)))
+    return manifest
+
+
+def _with_isos(result: ArchiveResult, manifest: SetManifest, options: ArchiveOptions,
+               reuse: bool = False) -> ArchiveResult:
+    if not options.iso:
+        return result
+    from imgbuild.iso import make_volume_isos
+
+    images = make_volume_isos(options.out, manifest.set_id, [(v.number, v.folder) for v in manifest.volumes], reuse)
+    return dataclasses.replace(result, isos=[image.path for image in images])
 
 
 def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, profile: str, capacity: int,
@@ -168,7 +200,7 @@ def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, 
 
     facts = SetFacts(set_id=writer.set_id, name=resolved.name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      tool_version=imgbuild.__version__, volume_count=len(writer.volumes), images=images,
-                     layers=layers, compression_long=options.long)
+                     layers=layers, compression_long=options.long, parity_volumes=options.parity)
     restore_bytes = restore_script(facts)
     docker_bytes = docker_manifest(images, layers)
     for volume in writer.volumes:
@@ -186,7 +218,7 @@ def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, 
         volume_count=len(writer.volumes),
         volumes=[Volume(number=v.number, folder=layout.volume_folder(writer.set_id, v.number), files=list(v.files))
                  for v in writer.volumes],
-        images=images, layers=layers, recipe=resolved.recipe,
+        images=images, layers=layers, recipe=resolved.recipe, block_size=BLOCK_SIZE,
     )
 
 

@@ -61,16 +61,20 @@ def block_hashes_of(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> list[str]:
 
 
 def bad_blocks(fh: BinaryIO, expected: list[str], size: int, block_size: int = BLOCK_SIZE) -> list[int]:
-    """Indexes of the blocks of ``fh`` whose SHA-256 differs from ``expected`` (a short file: its tail is bad).
+    """Indexes of the blocks of ``fh`` (seekable) that are short, unreadable or differ from ``expected``.
 
-    ``size`` is the size the file should have; bytes beyond it make the last block bad as well.
+    ``size`` is the size the file should have. A read error marks its block bad and the scan goes on, so
+    a scratch in one place of a disc costs only the blocks it covers.
     """
     bad = []
     for index, want in enumerate(expected):
         length = min(block_size, size - index * block_size)
-        data = fh.read(length)
+        try:
+            fh.seek(index * block_size)
+            data = fh.read(length)
+        except OSError:
+            bad.append(index)
+            continue
         if len(data) != length or hashlib.sha256(data).hexdigest() != want:
             bad.append(index)
-    if expected and fh.read(1) and (not bad or bad[-1] != len(expected) - 1):
-        bad.append(len(expected) - 1)
     return bad

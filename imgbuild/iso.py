@@ -13,8 +13,10 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from imgbuild.errors import ArchiveError
 
@@ -185,3 +187,32 @@ def _index(iso: object) -> dict[str, IsoEntry]:
 def is_iso(path: Path) -> bool:
     """True for a regular file named ``*.iso``: verify, load and repair read such a file as one volume."""
     return path.suffix.lower() == ISO_SUFFIX and path.is_file()
+
+
+def volume_opener(location: Path) -> Callable[[str], BinaryIO]:
+    """Open volume-relative files of a volume that is a folder or an .iso image (no symlinks followed)."""
+    if is_iso(location):
+        return IsoVolume(location).open  # type: ignore[return-value]
+    from imgbuild.volumes import safe_member  # the folder rules live with the volume finder
+
+    def open_member(relative: str) -> BinaryIO:
+        return open(safe_member(location, relative), "rb")
+
+    return open_member
+
+
+def make_volume_isos(out: Path, set_id: str, volumes: list[tuple[int, str]], reuse: bool = False) -> list[IsoImage]:
+    """``OUT/<folder>.iso`` for each (number, folder) volume; ``reuse`` keeps images already there.
+
+    An image is written whole or not at all (``.partial``, fsync, rename), so an existing one is complete;
+    archive reuses them only for a set it found complete, whose folders are the ones the images were made of.
+    """
+    images = []
+    for number, folder in volumes:
+        path = out / (folder + ISO_SUFFIX)
+        label = volume_label(set_id, number)
+        if reuse and path.is_file():
+            images.append(IsoImage(path=path, label=label, size=path.stat().st_size))
+        else:
+            images.append(make_iso(out / folder, path, label))
+    return images

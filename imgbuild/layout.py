@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 
 FORMAT_NAME = "imgbuild-set"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # Version 2 (FORMAT.md section 8) adds per-block hashes and parity volumes; readers accept both.
 FORMAT_VERSION_BLOCKS = 2
 READABLE_VERSIONS = (1, 2)

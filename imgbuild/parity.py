@@ -228,3 +228,34 @@ imgbuild 归档集 {manifest.set_id}（{manifest.name}），第 {number} 卷，�
 
 不用 imgbuild 检查本光盘：sha256sum -c SHA256SUMS
 """.encode("utf-8")
+
+
+def readme_parity_section(set_id: str, data_volumes: int, parity_volumes: int) -> str:
+    """The paragraph every data volume's README.txt gets when the set has parity volumes."""
+    n, m = data_volumes, parity_volumes
+    first, last = layout.volume_folder(set_id, n + 1), layout.volume_folder(set_id, n + m)
+    return f"""
+4. Parity volumes: repair a damaged or lost disc
+------------------------------------------------
+This set has {m} PARITY volume(s) besides its {n} data volumes: {first}{' .. ' + last if m > 1 else ''}.
+They hold no images themselves, but if up to {m} of all {n + m} discs are lost or unreadable, imgbuild
+rebuilds them from the others (Reed-Solomon code, described in FORMAT.md and in {layout.MANIFEST_NAME}):
+
+    imgbuild verify DISC_OR_ISO...                   names damaged files and 4 MiB blocks, says if repairable
+    imgbuild repair DISC_OR_ISO... --out REPAIRED    rebuilds only what is damaged or missing, then verifies it
+    imgbuild repair DISC_OR_ISO... --out REPAIRED --iso    also writes ISO images of the rebuilt discs to burn
+
+Keep the parity discs in another place than the data discs.
+
+4. 校验卷：修复损坏或丢失的光盘
+------------------------------
+本归档集除 {n} 个数据卷外还有 {m} 个校验卷：{first}{' .. ' + last if m > 1 else ''}。
+校验卷本身不含镜像；但只要全部 {n + m} 张光盘中丢失或无法读取的不超过 {m} 张，imgbuild 就能由其余光盘重建它们
+（Reed-Solomon 编码，见 FORMAT.md 和 {layout.MANIFEST_NAME}）：
+
+    imgbuild verify 光盘或ISO...                     指出损坏的文件和 4 MiB 数据块，并说明能否修复
+    imgbuild repair 光盘或ISO... --out 修复目录      只重建损坏或缺失的部分，然后校验结果
+    imgbuild repair 光盘或ISO... --out 修复目录 --iso    同时为重建的光盘生成可刻录的 ISO 镜像
+
+请把校验光盘与数据光盘分开存放。
+"""

@@ -66,6 +66,8 @@ class VerifyReport:
     deep: bool
     layers_checked: int
     problems: tuple[Problem, ...] = field(default=())
+    # When something is wrong: the damaged blocks and whether parity can rebuild them (imgbuild.damage).
+    recovery: Any = None
 
     @property
     def ok(self) -> bool:
@@ -85,6 +87,7 @@ class VerifyReport:
             "seconds": round(self.seconds, 3), "bytes_per_second": round(self.throughput),
             "deep": self.deep, "layers_checked": self.layers_checked,
             "problems": [p.to_json() for p in self.problems],
+            "recovery": self.recovery.to_json() if self.recovery is not None else None,
         }
 
 
@@ -131,12 +134,17 @@ def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
     files, total = _hash_files(to_read, problems, deep, options.chunk_size, progress)
     if deep is not None:
         problems += deep.problems
+    recovery = None
+    if problems:
+        from imgbuild.damage import assess, volume_locations  # durability add-on (imgbuild/damage.py)
+
+        recovery = assess(manifest, located.folders, problems, volume_locations(located.folders))
     return VerifyReport(
         set_id=manifest.set_id, name=manifest.name, manifest_source=located.manifest_source,
         volume_count=manifest.volume_count, volumes_checked=tuple(located.folders),
         volumes_missing=missing, volumes_not_given=not_given, files_checked=files, bytes_checked=total,
         seconds=time.monotonic() - started, deep=options.deep,
-        layers_checked=deep.layers_checked if deep else 0, problems=tuple(problems))
+        layers_checked=deep.layers_checked if deep else 0, problems=tuple(problems), recovery=recovery)
 
 
 def _expected_files(volume: Volume, manifest_sha: str) -> dict[str, tuple[int | None, str]]:

@@ -26,6 +26,7 @@ class SetFacts:
     images: list[Image]
     layers: list[Layer]
     compression_long: bool
+    parity_volumes: int = 0
 
 
 def docker_manifest(images: list[Image], layers: list[Layer]) -> bytes:
@@ -151,6 +152,10 @@ imgbuild-set.json 描述了整个归档集。
 每个镜像层是一个 zstd 数据流，被切分成若干部分；按顺序（part001、part002……）拼接后再解压。
 镜像层及其各部分见上文英文部分的列表。导入后的镜像 ID 与上面列出的一致（镜像 ID 是其配置文件的 sha256）。
 """
+    if facts.parity_volumes:
+        from imgbuild.parity import readme_parity_section  # imgbuild/parity.py owns the repair text
+
+        text += readme_parity_section(s, n, facts.parity_volumes)
     return text.encode("utf-8")
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild import layout
+from imgbuild.blockhash import BlockHasher
 from imgbuild.errors import ArchiveError, DiskFull
 from imgbuild.manifest import FileEntry, Part
 
@@ -114,7 +115,9 @@ class VolumeWriter:
     def add_file(self, volume: VolumeState, relative: str, data: bytes) -> FileEntry:
         """Write a small file (metadata) into a volume and list it."""
         write_file_atomic(volume.staging / relative, data)
-        entry = FileEntry(path=relative, size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        hasher = BlockHasher()
+        hasher.update(data)
+        entry = FileEntry(path=relative, size=len(data), sha256=hasher.hexdigest(), blocks=hasher.block_hexdigests())
         volume.files.append(entry)
         volume.used += file_cost(len(data))
         return entry
@@ -133,8 +136,10 @@ class VolumeWriter:
         finals = []
         for volume in self.volumes:
             final = self.out / layout.volume_folder(self.set_id, volume.number)
-            for sub in (volume.staging / layout.BLOBS_DIR, volume.staging / layout.IMAGES_DIR, volume.staging):
-                fsync_dir(sub)
+            for sub in (volume.staging / layout.BLOBS_DIR, volume.staging / layout.IMAGES_DIR,
+                        volume.staging / layout.PARITY_DIR, volume.staging):
+                if sub.is_dir():  # a parity volume has parity/ instead of blobs/ and images/
+                    fsync_dir(sub)
             with disk_errors(final):
                 os.replace(volume.staging, final)
             finals.append(final)
@@ -187,7 +192,7 @@ class LayerWriter:
         self._relative = layout.part_path(self._layer, number)
         self._path = volume.staging / self._relative
         self._written.append(self._path)
-        self._part_sha = hashlib.sha256()
+        self._part_sha = BlockHasher()  # whole-part sha256 and per-block hashes (format 2)
         self._part_size = 0
         with disk_errors(self._path):
             self._fh = open(layout.partial(self._path), "wb", buffering=WRITE_BUFFER)
@@ -204,7 +209,8 @@ class LayerWriter:
         offset = sum(part.size for part in self.parts)
         self.parts.append(Part(path=self._relative, volume=self._volume.number, offset=offset,
                                size=self._part_size, sha256=digest))
-        self._volume.files.append(FileEntry(path=self._relative, size=self._part_size, sha256=digest))
+        self._volume.files.append(FileEntry(path=self._relative, size=self._part_size, sha256=digest,
+                                            blocks=self._part_sha.block_hexdigests()))
         self._volume.used += file_cost(self._part_size)
 
     def commit(self) -> tuple[list[Part], int, str]:

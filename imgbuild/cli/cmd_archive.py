@@ -32,6 +32,7 @@ def render_archive(result: ArchiveResult) -> Table | str:
         + f"\n{result.layers} layers, {result.uncompressed_bytes:,} bytes -> {result.compressed_bytes:,} bytes "
         f"({ratio:.0%}) in {result.seconds:.1f} s; media {result.media} ({result.capacity:,} bytes)"
         f"\ncatalog copy: {result.catalog}"
+        + "".join(f"\nISO image: {path}" for path in result.isos)
     )
     return table
 
@@ -47,6 +48,10 @@ def archive_command(
     long: Annotated[bool, typer.Option("--long", help="zstd long-distance matching (128 MiB window).")] = False,
     catalog: Annotated[Path, typer.Option("--catalog", help="Folder for the catalog copy of the manifest.")] = Path(
         layout.CATALOG_DEFAULT),
+    parity: Annotated[int, typer.Option("--parity", help="Parity volumes to add: any M lost or unreadable "
+                                        "volumes of the set can then be rebuilt (imgbuild repair).")] = 0,
+    iso: Annotated[bool, typer.Option("--iso", help="Also write one burnable ISO image per volume "
+                                      "(OUT/FOLDER.iso, needs xorriso).")] = False,
     engine: EngineOpt = "auto",
     host: HostOpt = None,
     json_out: JsonOpt = False,
@@ -55,7 +60,10 @@ def archive_command(
     """Archive images onto disc-sized volumes: zstd, split, sha256 manifests, README and restore.sh on each."""
     if media_size is not None and media_size <= 0:
         raise UsageError("--media-size must be a positive number of bytes")
-    options = ArchiveOptions(out=out, media=media, media_size=media_size, level=level, long=long, catalog=catalog)
+    if not 0 <= parity <= 64:
+        raise UsageError("--parity must be 0..64")
+    options = ArchiveOptions(out=out, media=media, media_size=media_size, level=level, long=long, catalog=catalog,
+                             parity=parity, iso=iso)
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = archive(found, sources, options, progress=progress)
     emit(result, json_out, render_archive)

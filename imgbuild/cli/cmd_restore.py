@@ -43,6 +43,10 @@ def render_verify(report: VerifyReport) -> Table | str:
         lines.append(f"deep: {report.layers_checked} layers decompressed and their diff ids checked")
     for problem in report.problems:
         lines.append(f"[red]BAD[/red] {escape(problem.path)}: {escape(problem.detail)}")
+    if report.recovery is not None:
+        from imgbuild.damage import describe
+
+        lines += [escape(line) for line in describe(report.recovery)]
     lines.append("[green]OK[/green]: every file matches" if report.ok
                  else f"[red]FAILED[/red]: {len(report.problems)} problems")
     return "\n".join(lines)
