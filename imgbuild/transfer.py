@@ -14,6 +14,7 @@ the count of failures resets whenever bytes arrived, so a slow but living link i
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -119,6 +120,17 @@ def fetch_file(
 ) -> TransferResult:
     """Download `url` to `target` (through target.partial), verified against `expected`."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(target.name + ".lock"), "a") as lock:
+        # Two imgbuild runs sharing a cache must not append to the same partial file.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists() and target.stat().st_size == expected.size:
+            on_bytes(expected.size)  # the other run finished it meanwhile
+            return TransferResult(expected.path, expected.size, 0, expected.size, 0, 0)
+        return _fetch_locked(url, headers, target, expected, options, on_bytes)
+
+
+def _fetch_locked(url: str, headers: dict[str, str], target: Path, expected: LockedFile, options: TransferOptions,
+                  on_bytes: Callable[[int], None]) -> TransferResult:
     part = _Partial(target, expected)
     etag = part.load()
     resumed_from = part.offset
@@ -175,6 +187,11 @@ def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> 
             if new_etag != etag or not part.state_path.exists():
                 etag = new_etag
                 part.save_state(etag)
+            if response.status_code == 416:
+                # The bytes on disk do not fit the file the server has: start over.
+                on_bytes(-part.offset)
+                part.discard()
+                raise _Retry("HTTP 416 for the bytes on disk; starting over", 0, restarted + 1)
             if response.status_code in RETRY_STATUS:
                 raise _Retry(f"HTTP {response.status_code}", 0, restarted)
             if response.status_code not in (200, 206):
@@ -246,7 +263,7 @@ def _stream(response: requests.Response, part: _Partial, on_bytes: Callable[[int
     try:
         with open(part.path, "ab", buffering=0) as fh:
             while part.offset < part.size:
-                block = raw.read1(BLOCK)
+                block = raw.read1(BLOCK, decode_content=True)
                 if not block:
                     break
                 if part.offset + len(block) > part.size:

@@ -224,17 +224,6 @@ def test_unsafe_paths_are_refused(tmp_path: Path, hub: HubServer) -> None:
     assert LockedFile("a", 1, git_sha1="ab").digest == ("git-sha1", "ab")
 
 
-CHILD = """
-import sys
-from pathlib import Path
-from imgbuild.download import DownloadOptions, download_checkpoints
-from imgbuild.transfer import TransferOptions
-from tests.support.recipes import load
-download_checkpoints(load(Path(sys.argv[1])), DownloadOptions(cache_dir=Path(sys.argv[2]),
-                     transfer=TransferOptions(read_timeout=120)))
-"""
-
-
 def test_killed_download_resumes_from_the_bytes_on_disk(big_file: Path, tmp_path: Path) -> None:
     store = RepoStore()
     store.add_file("org/big", "model.pth", source=big_file)
@@ -243,7 +232,9 @@ def test_killed_download_resumes_from_the_bytes_on_disk(big_file: Path, tmp_path
         recipe = write_recipe(tmp_path / "recipe", [{"repo": "org/big", "dest": "m"}], mirror=server.endpoint)
         cache = tmp_path / "cache"
         server.add_fault(Fault("stall", path="model.pth", after=BIG // 2))  # hold the line at 50 %
-        child = subprocess.Popen([sys.executable, "-c", CHILD, str(recipe), str(cache)], cwd=REPO_ROOT)
+        child = subprocess.Popen([sys.executable, "-m", "imgbuild", "download", str(recipe), "--json"], cwd=REPO_ROOT,
+                                 env={**os.environ, "IMGBUILD_CHECKPOINT_CACHE": str(cache)},
+                                 stdout=subprocess.DEVNULL)
         partial = cache / "blobs" / "sha256" / expected[:2] / f"{expected}.partial"
         deadline = time.monotonic() + 120
         while not (server.served("model.pth") >= BIG // 2 and partial.exists()
@@ -273,3 +264,24 @@ def test_killed_download_resumes_from_the_bytes_on_disk(big_file: Path, tmp_path
             digest.update(block)
     assert digest.hexdigest() == expected
     assert not partial.exists()
+
+
+def test_cli_download_json_and_errors(hub: HubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from imgbuild.cli import app
+
+    recipe = write_recipe(tmp_path / "recipe", [{"repo": "org/voice", "dest": "checkpoints/voice"}],
+                          mirror=hub.endpoint)
+    monkeypatch.setenv("IMGBUILD_CHECKPOINT_CACHE", str(tmp_path / "cache"))
+    runner = CliRunner()
+    result = runner.invoke(app, ["download", str(recipe), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["lock_changed"] and data["fetched_bytes"] == data["total_bytes"] == 3_000_023
+    assert {f["action"] for f in data["files"]} == {"downloaded"}
+    again = json.loads(runner.invoke(app, ["download", str(recipe), "--json", "--verify-all"]).stdout)
+    assert {f["action"] for f in again["files"]} == {"verified"} and again["fetched_bytes"] == 0
+    missing = write_recipe(tmp_path / "other", [{"repo": "org/missing", "dest": "x"}], mirror=hub.endpoint)
+    failed = runner.invoke(app, ["download", str(missing)])
+    assert failed.exit_code == 1 and "org/missing@main: repository not found" in failed.output
