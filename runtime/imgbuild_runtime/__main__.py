@@ -85,25 +85,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-
-    from .app import create_app
+    from .server import serve
 
     config, args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
-
-    def on_load_failed(exc: BaseException) -> None:
-        failed.append(exc)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(config, on_load_failed=on_load_failed)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
-    logging.getLogger(__name__).info("settings: %s", config.to_json())
-    server.run()
-    return 1 if failed else 0
+    return serve(config, host=args.host, port=args.port, log_level=args.log_level)
 
 
 if __name__ == "__main__":
