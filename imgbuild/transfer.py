@@ -42,6 +42,8 @@ class TransferOptions:
     base_delay: float = 1.0
     max_delay: float = 60.0
     attempts_without_progress: int = 8
+    connections: int = 1  # byte ranges of one big file fetched at the same time (imgbuild.ranges)
+    range_min_size: int = 32 << 20  # no range shorter than this
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,20 @@ class _Retry(Exception):
     """An attempt failed in a way worth another try."""
 
 
+class RangeNotSupported(Exception):
+    """The server answered a byte range with the whole file: ranges cannot be fetched in parallel."""
+
+
 class _Partial:
     """The partial file, its running hash and its state file."""
+
+    base = 0  # where this part starts in the file
+    segment = False  # a byte range of the file, fetched beside others
+
+    def range_header(self) -> str | None:
+        if self.segment:
+            return f"bytes={self.base + self.offset}-{self.base + self.size - 1}"
+        return f"bytes={self.offset}-" if self.offset else None
 
     def __init__(self, target: Path, expected: LockedFile) -> None:
         self.path = target.with_name(target.name + ".partial")
@@ -91,6 +105,9 @@ class _Partial:
             state = json.loads(self.state_path.read_text())
         except (OSError, ValueError):
             state = {}
+        for index in range(len(state.get("ranges") or [])):
+            # Ranges of an earlier run with several connections; this run takes the file as one stream.
+            self.path.with_name(f"{self.path.name}.{index}").unlink(missing_ok=True)
         if state.get("expected") != self.expected or not self.path.exists() or self.path.stat().st_size > self.size:
             self.discard()
             return None
@@ -126,7 +143,21 @@ def fetch_file(
         if target.exists() and target.stat().st_size == expected.size:
             on_bytes(expected.size)  # the other run finished it meanwhile
             return TransferResult(expected.path, expected.size, 0, expected.size, 0, 0)
+        partial = target.with_name(target.name + ".partial")
+        if options.connections > 1 and expected.size >= 2 * options.range_min_size and not partial.exists():
+            from imgbuild.ranges import fetch_ranges
+
+            result = fetch_ranges(url, headers, target, expected, options, on_bytes)
+            if result is not None:
+                return result
         return _fetch_locked(url, headers, target, expected, options, on_bytes)
+
+
+class _Tally:
+    """What the attempts on one part cost: bytes received, attempts, restarts."""
+
+    def __init__(self) -> None:
+        self.fetched = self.attempts = self.restarts = 0
 
 
 def _fetch_locked(url: str, headers: dict[str, str], target: Path, expected: LockedFile, options: TransferOptions,
@@ -135,41 +166,44 @@ def _fetch_locked(url: str, headers: dict[str, str], target: Path, expected: Loc
     etag = part.load()
     resumed_from = part.offset
     on_bytes(resumed_from)
-    fetched = attempts = restarts = failures = 0
-    mismatches = 0
+    tally = _Tally()
     with requests.Session() as session:
-        while True:
-            if part.offset < part.size or not part.path.exists():
-                attempts += 1
-                try:
-                    got, etag, restarted = _attempt(session, url, headers, part, etag, options, on_bytes)
-                except _Retry as exc:
-                    message, got, restarted = exc.args
-                    fetched += got
-                    restarts += restarted
-                    failures = 0 if got else failures + 1
-                    if failures > options.attempts_without_progress:
-                        raise DownloadError(
-                            f"{expected.path}: giving up after {attempts} attempts: {message}",
-                            hint="no data arrived for several attempts; rerun later, the bytes on disk are kept",
-                        ) from None
-                    delay = min(options.max_delay, options.base_delay * 2 ** max(failures - 1, 0))
-                    time.sleep(delay * random.uniform(0.5, 1.5))
-                    continue
-                fetched += got
-                restarts += restarted
+        for _ in range(2):  # bad bytes are thrown away and fetched once more before giving up
+            etag = complete(session, url, headers, part, etag, options, on_bytes, tally)
             actual = part.hasher.hexdigest()
             if actual == part.expected:
                 os.replace(part.path, target)
                 part.state_path.unlink(missing_ok=True)
-                return TransferResult(expected.path, expected.size, fetched, resumed_from, attempts, restarts)
-            # Bad bytes: throw them away and fetch the file once more before giving up.
+                return TransferResult(expected.path, expected.size, tally.fetched, resumed_from, tally.attempts,
+                                      tally.restarts)
             on_bytes(-part.offset)
             part.discard()
-            restarts += 1
-            mismatches += 1
-            if mismatches > 1:
-                raise ChecksumMismatch(expected.path, part.expected, actual, what=part.algorithm)
+            tally.restarts += 1
+    raise ChecksumMismatch(expected.path, part.expected, actual, what=part.algorithm)
+
+
+def complete(session: requests.Session, url: str, headers: dict[str, str], part: "_Partial", etag: str | None,
+             options: TransferOptions, on_bytes: Callable[[int], None], tally: _Tally) -> str | None:
+    """Attempt until the part holds all its bytes; back off between failed attempts, and give up only after
+    several attempts in a row brought no byte. Returns the ETag the bytes came with."""
+    failures = 0
+    while part.offset < part.size or not part.path.exists():
+        tally.attempts += 1
+        try:
+            got, etag, restarted = _attempt(session, url, headers, part, etag, options, on_bytes)
+        except _Retry as exc:
+            message, got, restarted = exc.args
+            failures = 0 if got else failures + 1
+            if failures > options.attempts_without_progress:
+                raise DownloadError(
+                    f"{part.name}: giving up after {tally.attempts} attempts: {message}",
+                    hint="no data arrived for several attempts; rerun later, the bytes on disk are kept",
+                ) from None
+            delay = min(options.max_delay, options.base_delay * 2 ** max(failures - 1, 0))
+            time.sleep(delay * random.uniform(0.5, 1.5))
+        tally.fetched += got
+        tally.restarts += restarted
+    return etag
 
 
 def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> tuple[int, str | None, int]:
@@ -197,13 +231,15 @@ def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> 
             if response.status_code not in (200, 206):
                 raise DownloadError(f"{part.name}: HTTP {response.status_code} from {response.url}",
                                     hint="check the repo, the revision and HF_TOKEN")
+            if part.segment and response.status_code == 200:
+                raise RangeNotSupported()
             if part.offset and response.status_code == 200:
                 # Range ignored: the body is the whole file, so start the partial file over with it.
                 on_bytes(-part.offset)
                 part.path.unlink(missing_ok=True)
                 part.reset_hash()
                 restarted += 1
-            elif response.status_code == 206 and not _range_starts_at(response, part.offset):
+            elif response.status_code == 206 and not _range_starts_at(response, part.base + part.offset):
                 raise _Retry("server answered another byte range", 0, restarted)
             received = _stream(response, part, on_bytes)
     except (requests.RequestException, urllib3.exceptions.HTTPError, ConnectionError, TimeoutError) as exc:
@@ -220,7 +256,8 @@ def _open(session: requests.Session, url: str, headers: dict[str, str], part: _P
     bytes on disk were dropped because the file changed upstream."""
     linked, restarted = None, 0
     for hop in range(5):
-        extra = {"Range": f"bytes={part.offset}-"} if part.offset else {}
+        wanted = part.range_header()
+        extra = {"Range": wanted} if wanted else {}
         if extra and etag and hop == 0:
             # Only the Hub itself answers with the ETag the partial bytes were fetched under.
             extra["If-Range"] = f'"{etag}"'

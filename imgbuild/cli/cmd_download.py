@@ -11,6 +11,7 @@ from rich.table import Table
 
 from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit, progress_for
 from imgbuild.download import DownloadOptions, DownloadResult, download_checkpoints
+from imgbuild.transfer import TransferOptions
 
 
 def _size(n: int) -> str:
@@ -41,6 +42,9 @@ def download(
     update: Annotated[bool, typer.Option("--update", help="Resolve every entry again and rewrite the lock.")] = False,
     verify_all: Annotated[bool, typer.Option("--verify-all", help="Re-hash finished files too.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Files fetched at the same time.")] = 4,
+    connections: Annotated[int, typer.Option(
+        "--connections", min=1, help="Byte ranges of one big file fetched at the same time (links that limit "
+        "each connection).")] = 1,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
@@ -51,7 +55,8 @@ def download(
     from imgbuild.recipe import load_recipe
 
     loaded = load_recipe(recipe, os.environ)
-    options = DownloadOptions(update=update, verify_all=verify_all, workers=workers)
+    options = DownloadOptions(update=update, verify_all=verify_all, workers=workers,
+                              transfer=TransferOptions(connections=connections))
     with progress_for(json_out, verbose) as progress:
         result = download_checkpoints(loaded, options, progress)
     emit(result, json_out, render_download)

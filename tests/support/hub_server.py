@@ -11,8 +11,9 @@ hub  GET  /api/{models,datasets,spaces}/{repo}[/revision/{rev}]   -> {"id", "sha
           small file: 200 (206 for Range) with X-Repo-Commit, ETag (git blob sha1), Content-Length
 cdn  HEAD/GET /blobs/{sha256}?expires=..&sig=..  -> bytes, Range -> 206 + Content-Range; expired -> 403
 
-Faults (Fault objects in server.faults) apply to GETs of file bodies: drop the connection after N bytes,
-stall for some seconds (or until `release()`), answer 500, ignore Range (200), corrupt bytes. The server
+Faults (Fault objects in server.faults) apply to GETs of file bodies: drop the connection at byte offset N
+of the file, stall there for some seconds (or until `release()`), corrupt bytes there (each only for a
+response whose bytes include offset N), answer 500, ignore Range (200). The server
 counts the body bytes it serves, per file path.
 
 Run as a script to serve a folder of repos laid out as DIR/<org>/<name>/files...:
@@ -55,8 +56,10 @@ class HubServer:
     """The test Hub. Use as a context manager; `endpoint` is the URL to give to clients."""
 
     def __init__(self, store: RepoStore | None = None, *, port: int = 0, cdn_port: int = 0,
-                 token: str | None = None, page_size: int = 1000, url_ttl: float = 3600) -> None:
+                 token: str | None = None, page_size: int = 1000, url_ttl: float = 3600,
+                 rate_per_connection: float | None = None) -> None:
         self.store = store or RepoStore()
+        self.rate = rate_per_connection  # bytes/s of one response body, like a CDN that limits each connection
         self.token = token
         self.page_size = page_size
         self.url_ttl = url_ttl
@@ -114,9 +117,12 @@ class HubServer:
             self.bytes_served.clear()
             self.requests.clear()
 
-    def take_fault(self, path: str, kinds: tuple[str, ...]) -> Fault | None:
+    def take_fault(self, path: str, kinds: tuple[str, ...], span: tuple[int, int] | None = None) -> Fault | None:
+        """The first matching fault with uses left; with `span`, only one whose offset lies in the bytes sent."""
         with self.lock:
             for fault in self.faults:
+                if span is not None and not span[0] <= fault.after < max(span[1], span[0] + 1):
+                    continue
                 if fault.kind in kinds and fault.times > 0 and fnmatch.fnmatch(path, fault.path):
                     fault.times -= 1
                     return fault
@@ -305,10 +311,11 @@ class _HubHandler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        fault = hub.take_fault(file.path, ("drop", "stall", "corrupt"))
+        fault = hub.take_fault(file.path, ("drop", "stall", "corrupt"), (start, end + 1))
         self._stream(file, start, end + 1, fault)
 
     def _stream(self, file: RepoFile, start: int, stop: int, fault: Fault | None) -> None:
+        began = time.monotonic()
         with file.open() as fh:
             fh.seek(start)
             offset = start
@@ -324,6 +331,8 @@ class _HubHandler(BaseHTTPRequestHandler):
                     self.wfile.write(block)
                     self.hub.count(file.path, len(block))
                     offset += len(block)
+                    if self.hub.rate:
+                        time.sleep(max(0.0, began + (offset - start) / self.hub.rate - time.monotonic()))
                 if fault and fault.kind in ("drop", "stall") and offset >= fault.after:
                     self.wfile.flush()
                     if fault.kind == "drop":
