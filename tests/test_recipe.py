@@ -179,3 +179,18 @@ def test_allowed_keys_follow_the_model() -> None:
     assert "revision" in allowed_keys(("app", "checkpoints", 0, "hub"))
     assert "revision" not in allowed_keys(("app", "checkpoints", 0, "local"))
     assert format_key(("app", "context", 2, "src")) == "app.context[2].src"
+
+
+def test_readme_full_example_is_a_valid_recipe() -> None:
+    """The README's full example must stay valid (its files do not exist here, so only the model is checked)."""
+    import re
+
+    import yaml
+
+    from imgbuild.recipe_model import Recipe
+
+    readme = (REPO / "README.md").read_text()
+    block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "apiVersion" in b)
+    recipe = Recipe.model_validate(yaml.safe_load(block))
+    assert recipe.app is not None and len(recipe.app.checkpoints) == 2
+    assert isinstance(recipe.app.checkpoints[1], LocalCheckpoint)

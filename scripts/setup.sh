@@ -1,0 +1,44 @@
+#!/bin/sh
+# Install what the tests and the demo need, on Debian or Ubuntu, as root. Safe to run again: it only
+# installs what is missing and reinstalls the package only when pyproject.toml changed.
+#   sudo scripts/setup.sh
+# Package indexes come from the host's own configuration (apt sources; pip's config for the venv).
+set -eu
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (sudo scripts/setup.sh): it installs Debian packages" >&2
+    exit 1
+fi
+
+# podman+runc: Podman engine (crun fails under hybrid cgroups here); docker.io: Docker Engine;
+# mmdebstrap: base images without a registry; zstd, xorriso: archives and ISO images.
+packages="podman runc docker.io mmdebstrap zstd xorriso uidmap python3 python3-venv ca-certificates"
+missing=""
+for pkg in $packages; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing="$missing $pkg"
+    fi
+done
+if [ -n "$missing" ]; then
+    echo "setup.sh: installing$missing"
+    apt-get update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
+fi
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup.sh: imgbuild needs Python >= 3.11; $python is $("$python" --version 2>&1)" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    "$python" -m venv .venv
+fi
+stamp=.venv/.imgbuild-installed
+want=$(cat pyproject.toml runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import imgbuild, imgbuild_runtime' 2>/dev/null; then
+    # runtime/: the TTS server installed into app images; its tests run here too.
+    .venv/bin/python -m pip install -q -e '.[test]' -e './runtime[piper,test]'
+    echo "$want" > "$stamp"
+fi
+echo "setup.sh: ready (.venv/bin/imgbuild)"
