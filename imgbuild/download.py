@@ -56,7 +56,7 @@ class FileOutcome:
     dest: str
     path: str
     size: int
-    action: str  # "cached", "verified", "downloaded", "resumed", "local"
+    action: str  # "cached", "verified", "downloaded", "resumed", "shared" (same bytes as another file), "local"
     fetched: int = 0
     resumed_from: int = 0
 
@@ -254,7 +254,11 @@ class _Fetcher:
                 if checkpoint.source == "local":
                     outcomes.append(FileOutcome(checkpoint.dest, file.path, file.size, "local"))
                 else:
-                    outcomes.append(self.outcome_by_blob[blob_path(self.cache, file)])
+                    outcome = self.outcome_by_blob[blob_path(self.cache, file)]
+                    if (outcome.dest, outcome.path) != (checkpoint.dest, file.path):
+                        # Same bytes as another locked file: fetched (or found) once, for both.
+                        outcome = FileOutcome(checkpoint.dest, file.path, file.size, "shared")
+                    outcomes.append(outcome)
         return outcomes
 
     def _client(self) -> HubClient:

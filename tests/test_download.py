@@ -285,3 +285,15 @@ def test_cli_download_json_and_errors(hub: HubServer, tmp_path: Path, monkeypatc
     missing = write_recipe(tmp_path / "other", [{"repo": "org/missing", "dest": "x"}], mirror=hub.endpoint)
     failed = runner.invoke(app, ["download", str(missing)])
     assert failed.exit_code == 1 and "org/missing@main: repository not found" in failed.output
+
+
+def test_equal_files_are_fetched_once(hub: HubServer, tmp_path: Path) -> None:
+    recipe = write_recipe(tmp_path / "recipe", [{"repo": "org/voice", "dest": "a"},
+                                                {"repo": "org/voice", "include": ["*.pth"], "dest": "b"}],
+                          mirror=hub.endpoint)
+    result = prepare_checkpoints(load(recipe), tmp_path / "ctx", DownloadOptions(cache_dir=tmp_path / "cache"))
+    actions = {(f.dest, f.path): f.action for f in result.download.files}
+    assert actions == {("a", "config.json"): "downloaded", ("a", "model.pth"): "downloaded",
+                       ("b", "model.pth"): "shared"}
+    assert hub.served("model.pth") == 3_000_000
+    assert (tmp_path / "ctx/a/model.pth").read_bytes() == (tmp_path / "ctx/b/model.pth").read_bytes() == _model(hub)
