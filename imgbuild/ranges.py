@@ -17,8 +17,8 @@ from pathlib import Path
 import requests
 
 from imgbuild.lockfile import LockedFile, write_atomic
-from imgbuild.transfer import (BLOCK, RangeNotSupported, TransferOptions, TransferResult, _etag, _Partial, _Tally,
-                               complete, new_hasher)
+from imgbuild.transfer import (BLOCK, Partial, RangeNotSupported, Tally, TransferOptions, TransferResult,
+                               complete, file_etag, new_hasher, new_session)
 
 
 def plan_ranges(size: int, connections: int, min_size: int) -> list[tuple[int, int]]:
@@ -33,7 +33,7 @@ class _NoHash:
         pass
 
 
-class _Range(_Partial):
+class _Range(Partial):
     """One byte range of the file; the whole file is hashed when the ranges are joined."""
 
     segment = True
@@ -82,10 +82,10 @@ def fetch_ranges(url: str, headers: dict[str, str], target: Path, expected: Lock
     parts = [_Range(target, expected, i, start, length) for i, (start, length) in enumerate(spans)]
     resumed_from = sum(p.offset for p in parts)
     on_bytes(resumed_from)
-    tallies = [_Tally() for _ in parts]
+    tallies = [Tally() for _ in parts]
 
     def run(i: int) -> None:
-        with requests.Session() as session:
+        with new_session() as session:
             complete(session, url, headers, parts[i], etag, options, on_bytes, tallies[i])
 
     try:
@@ -118,10 +118,10 @@ def fetch_ranges(url: str, headers: dict[str, str], target: Path, expected: Lock
 def _probe(url: str, headers: dict[str, str], options: TransferOptions) -> str | None:
     """The file's ETag from the Hub (X-Linked-Etag on its redirect), or None if it cannot be had now."""
     try:
-        with requests.Session() as session:
+        with new_session() as session:
             response = session.head(url, headers=headers, allow_redirects=False,
                                     timeout=(options.connect_timeout, options.read_timeout))
-            return _etag(response) if response.status_code < 400 else None
+            return file_etag(response) if response.status_code < 400 else None
     except requests.RequestException:
         return None
 

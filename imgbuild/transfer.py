@@ -76,7 +76,7 @@ class RangeNotSupported(Exception):
     """The server answered a byte range with the whole file: ranges cannot be fetched in parallel."""
 
 
-class _Partial:
+class Partial:
     """The partial file, its running hash and its state file."""
 
     base = 0  # where this part starts in the file
@@ -153,7 +153,17 @@ def fetch_file(
         return _fetch_locked(url, headers, target, expected, options, on_bytes)
 
 
-class _Tally:
+def new_session() -> requests.Session:
+    """A session that trusts what this host trusts (its CA bundle includes a TLS-intercepting proxy's CA,
+    which requests' own certifi bundle does not)."""
+    from imgbuild.hostconfig import ca_bundle
+
+    session = requests.Session()
+    session.verify = ca_bundle() or True
+    return session
+
+
+class Tally:
     """What the attempts on one part cost: bytes received, attempts, restarts."""
 
     def __init__(self) -> None:
@@ -162,12 +172,12 @@ class _Tally:
 
 def _fetch_locked(url: str, headers: dict[str, str], target: Path, expected: LockedFile, options: TransferOptions,
                   on_bytes: Callable[[int], None]) -> TransferResult:
-    part = _Partial(target, expected)
+    part = Partial(target, expected)
     etag = part.load()
     resumed_from = part.offset
     on_bytes(resumed_from)
-    tally = _Tally()
-    with requests.Session() as session:
+    tally = Tally()
+    with new_session() as session:
         for _ in range(2):  # bad bytes are thrown away and fetched once more before giving up
             etag = complete(session, url, headers, part, etag, options, on_bytes, tally)
             actual = part.hasher.hexdigest()
@@ -182,8 +192,8 @@ def _fetch_locked(url: str, headers: dict[str, str], target: Path, expected: Loc
     raise ChecksumMismatch(expected.path, part.expected, actual, what=part.algorithm)
 
 
-def complete(session: requests.Session, url: str, headers: dict[str, str], part: "_Partial", etag: str | None,
-             options: TransferOptions, on_bytes: Callable[[int], None], tally: _Tally) -> str | None:
+def complete(session: requests.Session, url: str, headers: dict[str, str], part: "Partial", etag: str | None,
+             options: TransferOptions, on_bytes: Callable[[int], None], tally: Tally) -> str | None:
     """Attempt until the part holds all its bytes; back off between failed attempts, and give up only after
     several attempts in a row brought no byte. Returns the ETag the bytes came with."""
     failures = 0
@@ -206,7 +216,7 @@ def complete(session: requests.Session, url: str, headers: dict[str, str], part:
     return etag
 
 
-def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> tuple[int, str | None, int]:
+def _attempt(session, url, headers, part: Partial, etag, options, on_bytes) -> tuple[int, str | None, int]:
     """One GET (after a fresh redirect); returns (bytes received, etag, restarts). Raises _Retry."""
     timeout = (options.connect_timeout, options.read_timeout)
     restarted = received = 0
@@ -249,7 +259,7 @@ def _attempt(session, url, headers, part: _Partial, etag, options, on_bytes) -> 
     return received, etag, restarted
 
 
-def _open(session: requests.Session, url: str, headers: dict[str, str], part: _Partial, etag: str | None,
+def _open(session: requests.Session, url: str, headers: dict[str, str], part: Partial, etag: str | None,
           timeout, on_bytes: Callable[[int], None]) -> tuple[requests.Response, str | None, int]:
     """GET the resolve URL and follow its redirect by hand, without the token once it leaves the Hub's
     origin. Returns the response, the file's ETag (the Hub's X-Linked-Etag on a redirect) and 1 if the
@@ -263,9 +273,9 @@ def _open(session: requests.Session, url: str, headers: dict[str, str], part: _P
             extra["If-Range"] = f'"{etag}"'
         response = session.get(url, headers={**headers, **extra}, timeout=timeout, stream=True, allow_redirects=False)
         if not response.is_redirect:
-            return response, linked or _etag(response), restarted
+            return response, linked or file_etag(response), restarted
         location = urljoin(url, response.headers["Location"])
-        linked = linked or _etag(response)
+        linked = linked or file_etag(response)
         response.close()
         if etag and linked and linked != etag and part.offset:
             # Changed upstream since these bytes were fetched: ask the new file from its start.
@@ -278,7 +288,7 @@ def _open(session: requests.Session, url: str, headers: dict[str, str], part: _P
     raise DownloadError(f"too many redirects for {url}")
 
 
-def _etag(response: requests.Response) -> str | None:
+def file_etag(response: requests.Response) -> str | None:
     value = response.headers.get("X-Linked-Etag") or response.headers.get("ETag")
     return value.removeprefix("W/").strip('"') if value else None
 
@@ -293,7 +303,7 @@ def _range_starts_at(response: requests.Response, offset: int) -> bool:
     return value.startswith(f"bytes {offset}-")
 
 
-def _stream(response: requests.Response, part: _Partial, on_bytes: Callable[[int], None]) -> int:
+def _stream(response: requests.Response, part: Partial, on_bytes: Callable[[int], None]) -> int:
     """Append the body to the partial file, hashing as it goes; bytes are on disk as soon as they arrive."""
     received = 0
     raw = response.raw
