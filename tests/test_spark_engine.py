@@ -73,3 +73,23 @@ def test_engine_describes_itself_before_loading(tmp_path: Path) -> None:
     assert (info.engine, info.sample_rate, info.clones_voices, info.speakers) == ("sparktts", 16000, True,
                                                                                 ("female", "male"))
     assert engine.encoder_id().startswith("sparktts-bicodec-")
+
+
+def test_server_exits_1_with_the_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
+    """The container must stop, with the cause in its log, rather than answer 503 forever."""
+    import subprocess
+
+    (tmp_path / "config.yaml").write_text("sample_rate: 16000\n")
+    (tmp_path / "BiCodec").mkdir()
+    script = PATH.with_name("serve_spark.py")
+    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--host", "127.0.0.1",
+                           "--port", "0", "--ref-data", str(tmp_path / "none"), "--no-such-flag"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--no-such-flag" in done.stderr
+    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--host", "127.0.0.1",
+                           "--port", "0", "--ref-data", str(tmp_path / "none"),
+                           "--cache-dir", str(tmp_path / "cache")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    # Here torch/SparkTTS are missing; in an image built from a bad source zip the same path reports it.
+    assert "ModuleNotFoundError" in done.stderr or "No module named" in done.stderr, done.stderr[-2000:]

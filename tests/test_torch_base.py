@@ -7,7 +7,11 @@ user on this machine would pass it. Under CI a missing engine or wheel fails the
 
 from __future__ import annotations
 
+import json
 import os
+import time
+import urllib.request
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +22,7 @@ from imgbuild.build import BuildOptions, build_recipe
 from imgbuild.engines import connect
 from imgbuild.recipe import load_recipe
 from tests.conftest import ENGINE_HOST_VARS, REPO_ROOT, UniqueTag, in_ci, remove_image
+from tests.test_build import get_json
 
 RECIPE = REPO_ROOT / "recipes" / "torch-cpu-base.yaml"
 WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
@@ -39,6 +44,70 @@ def host_torch_wheels() -> Path:
             return folder
     skip_or_fail(f"no {WHEEL_GLOB} in this host's pip find-links (`pip config list`)")
     raise AssertionError("unreachable")
+
+
+FISH = REPO_ROOT / "Containerfiles" / "fish-speech.Containerfile"
+REF_JSON_LINE = "import json; d = json.load(open('ref_data.json')); print(json.dumps({s: {e: sorted(f) for e, f in v.items()} for s, v in d.items()}))"
+# Stand-ins for fish-speech 1.2's gen_ref.py (same output format) and tools.api (its --listen flag and
+# POST /v1/health answer), so the app Containerfile runs exactly as it would on the real tree.
+GEN_REF = """import json, pathlib
+data = {}
+for f in sorted(pathlib.Path("ref_data").rglob("*")):
+    if f.suffix in (".wav", ".lab"):
+        spk, emo = f.relative_to("ref_data").parts[:2]
+        data.setdefault(spk, {}).setdefault(emo, []).append(f.name)
+json.dump(data, open("ref_data.json", "w"))
+"""
+API = """import argparse, http.server, json
+p = argparse.ArgumentParser(); p.add_argument("--listen"); p.add_argument("--device"); a, _ = p.parse_known_args()
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = json.dumps({"status": "ok"}).encode() if self.path == "/v1/health" else b"{}"
+        self.send_response(200 if self.path == "/v1/health" else 404); self.end_headers(); self.wfile.write(body)
+host, port = a.listen.split(":")
+http.server.HTTPServer((host, int(port)), H).serve_forever()
+"""
+
+
+def fish_app_recipe(folder: Path, base_recipe: Path, app_tag: str) -> Path:
+    """The torch base recipe plus a fish-speech app layer made from a stand-in source zip and voices."""
+    with zipfile.ZipFile(folder / "fish-speech-main.zip", "w") as zf:
+        zf.writestr("fish-speech-main/pyproject.toml", "[project]\nname = 'fish-speech'\nversion = '0.1.0'\n"
+                    "dependencies = []\n[tool.setuptools]\npackages = ['tools']\n")
+        zf.writestr("fish-speech-main/.project-root", "")
+        zf.writestr("fish-speech-main/tools/__init__.py", "")
+        zf.writestr("fish-speech-main/tools/gen_ref.py", GEN_REF)
+        zf.writestr("fish-speech-main/tools/api.py", API)
+    voices = folder / "ref_data" / "spk" / "e1"
+    voices.mkdir(parents=True)
+    (voices / "a.wav").write_bytes(b"RIFF")
+    (voices / "a.lab").write_text("hello")
+    app = f"""
+app:
+  tag: {app_tag}
+  containerfile: {FISH}
+  context:
+    - {{src: fish-speech-main.zip, dest: ., extract: true, strip_components: 1}}
+    - {{src: ref_data, dest: ref_data}}
+  serve:
+    command: [python3, -m, tools.api, --listen, "0.0.0.0:8080", --device, cpu]
+    health: {{method: POST, path: /v1/health}}
+"""
+    path = folder / "fish-app.yaml"
+    path.write_text(base_recipe.read_text() + app)
+    return path
+
+
+def post_health(engine, image: str) -> dict:
+    container = engine.api.create_container(image, ports=[8080], host_config=engine.api.create_host_config(
+        port_bindings={8080: ("127.0.0.1", None)}))["Id"]
+    try:
+        engine.api.start(container)
+        port = engine.api.port(container, 8080)[0]["HostPort"]
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/v1/health", data=b"", method="POST")
+        return get_json(request, time.monotonic() + 60)  # type: ignore[arg-type]  # urlopen takes a Request too
+    finally:
+        engine.api.remove_container(container, force=True)
 
 
 def run_once(engine, image: str, command: list[str]) -> tuple[int, str]:
@@ -82,7 +151,20 @@ def test_torch_cpu_base_builds_and_runs_torch(tmp_path: Path) -> None:
             size = find_image(engine, tag)["Size"]
             print(f"torch-cpu-base image size: {size} bytes ({size / 1e9:.2f} GB)")
             assert size <= SIZE_GOAL, f"CPU torch base is {size / 1e9:.2f} GB, goal {SIZE_GOAL / 1e9:.1f} GB"
+
+            # The fish-speech app layer on this base, with a stand-in source tree (the real one and its
+            # weights are out of reach): dependency step, editable install, gen_ref, CMD, health route.
+            app_recipe = fish_app_recipe(tmp_path, recipe, tag.replace("torch-cpu-base", "fish-app"))
+            app_loaded = load_recipe(app_recipe, {**os.environ, "TORCH_CPU_WHEELS": str(wheels)})
+            both = build_recipe(app_loaded, engine, BuildOptions())
+            built = [image.tag for image in both.images]
+            assert both.image("base").cached, "the base was rebuilt although its inputs did not change"
+            app_tag = both.image("app").tag
+            code, output = run_once(engine, app_tag, ["python3", "-c", REF_JSON_LINE])
+            assert code == 0 and json.loads(output.strip().splitlines()[-1]) == {"spk": {"e1": ["a.lab", "a.wav"]}}
+            assert post_health(engine, app_tag) == {"status": "ok"}
         finally:
+            built += [t for t in (tag,) if t not in built]
             for ref in reversed(built):
                 remove_image(engine, ref)
         assert find_image(engine, tag) is None

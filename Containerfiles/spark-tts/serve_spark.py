@@ -19,9 +19,8 @@ from spark_engine import SparkEngine  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    import uvicorn
-    from imgbuild_runtime.app import create_app
     from imgbuild_runtime.cpu import physical_cores
+    from imgbuild_runtime.server import serve
     from imgbuild_runtime.state import ServerConfig
 
     p = argparse.ArgumentParser(prog="serve_spark.py", description="SparkTTS on the CPU, imgbuild's TTS API.")
@@ -40,18 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or physical_cores()
     config = ServerConfig(model=args.model, engine=SparkEngine.name, ref_data=args.ref_data,
                           cache_dir=args.cache_dir, threads=threads, request_timeout=args.timeout)
-    failed: list[BaseException] = []
-    server: uvicorn.Server | None = None
-
-    def on_load_failed(exc: BaseException) -> None:
-        failed.append(exc)
-        if server is not None:
-            server.should_exit = True
-
-    app = create_app(config, engine=SparkEngine(args.model, threads), on_load_failed=on_load_failed)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info"))
-    server.run()
-    return 1 if failed else 0
+    return serve(config, SparkEngine(args.model, threads), host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

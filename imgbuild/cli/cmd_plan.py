@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -33,36 +34,37 @@ def _value(value: object) -> str:
 def render_plan(plan: Plan) -> Group:
     mirrors = Table(title="mirrors", title_justify="left", show_edge=False)
     for col in ("setting", "value", "from"):
-        mirrors.add_column(col)
+        mirrors.add_column(col, overflow="fold")
     for m in plan.mirrors:
         mirrors.add_row(m.name, escape(_value(m.value)), m.source)
 
-    images = Table(title="images", title_justify="left", show_edge=False)
-    for col in ("role", "tag", "starts from", "containerfile", "build args"):
-        images.add_column(col)
+    # Images as indented blocks: their build args are long URLs that a table would squeeze into slivers.
+    images = ["[bold]images[/bold]"]
     for i in plan.images:
-        args = "\n".join(f"{k}={v}" for k, v in i.args.items()) or "-"
-        images.add_row(i.role, i.tag, escape(i.start), escape(i.containerfile), escape(args))
+        images.append(f"  {i.role}: [bold]{escape(i.tag)}[/bold]")
+        images.append(f"    from: {escape(i.start)}")
+        images.append(f"    containerfile: {escape(i.containerfile)}")
+        images += [f"    --build-arg {escape(shlex.quote(f'{k}={v}'))}" for k, v in i.args.items()]
 
     files = Table(title=f"files in the build contexts ({_size(plan.context_bytes)})", title_justify="left",
                   show_edge=False)
-    for col in ("role", "recipe key", "path", "dest", "size", "files"):
-        files.add_column(col, justify="right" if col in ("size", "files") else "left")
+    for col in ("path", "to", "size", "files"):
+        files.add_column(col, justify="right" if col in ("size", "files") else "left", overflow="fold")
     for f in plan.files:
         size = _size(f.bytes) + (" unpacked" if f.extract else "")
-        files.add_row(f.role, f.key, escape(f.path), escape(f.dest or "-"), size, str(f.files))
+        files.add_row(escape(f.path), escape(f.dest or "-"), size, str(f.files))
 
-    total = _size(plan.checkpoint_bytes)
-    checkpoints = Table(title=f"checkpoints ({total}; lock {'present' if plan.lock_present else 'absent'}: "
-                              f"{escape(plan.lock_file)})", title_justify="left", show_edge=False)
-    for col in ("source", "name", "dest", "include", "commit", "size"):
-        checkpoints.add_column(col, justify="right" if col == "size" else "left")
+    lock = f"lock {'present' if plan.lock_present else 'absent'}: {escape(plan.lock_file)}"
+    checkpoints = [f"[bold]checkpoints[/bold] ({_size(plan.checkpoint_bytes)}; {lock})"]
     for c in plan.checkpoints:
-        commit = (c.commit or "")[:12] or ("-" if c.source == "local" else "not locked")
-        checkpoints.add_row(c.source, escape(c.name), escape(c.dest), escape(", ".join(c.include) or "all"),
-                            commit, _size(c.bytes))
-    parts: list[object] = [f"[bold]{escape(plan.name)}[/bold] ({escape(plan.recipe)})", mirrors, images, files,
-                           checkpoints]
+        state = f"commit {c.commit[:12]}" if c.commit else ("local folder" if c.source == "local" else "not locked")
+        checkpoints.append(f"  {c.source} {escape(c.name)} -> {escape(c.dest)}  ({_size(c.bytes)}, {state})")
+        if c.include or c.exclude:
+            checkpoints.append(f"    include: {escape(', '.join(c.include) or 'all')}"
+                               + (f"; exclude: {escape(', '.join(c.exclude))}" if c.exclude else ""))
+        checkpoints += [f"    {_size(size):>10}  {escape(path)}" for path, size in c.files]
+    parts: list[object] = [f"[bold]{escape(plan.name)}[/bold] ({escape(plan.recipe)})", mirrors, "\n".join(images),
+                           files, "\n".join(checkpoints)]
     parts += [f"[yellow]note:[/yellow] {escape(n)}" for n in plan.notes]
     return Group(*parts)  # type: ignore[arg-type]
 
