@@ -38,7 +38,12 @@ stamp=.venv/.imgbuild-installed
 want=$(cat pyproject.toml runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import imgbuild, imgbuild_runtime' 2>/dev/null; then
     # runtime/: the TTS server installed into app images; its tests run here too.
-    .venv/bin/python -m pip install -q -e '.[test]' -e './runtime[piper,test]'
+    # pip's output goes to a log (host index settings can make it chatty) and is shown only on failure.
+    if ! .venv/bin/python -m pip install -e '.[test]' -e './runtime[piper,test]' > .venv/pip-install.log 2>&1; then
+        tail -n 40 .venv/pip-install.log >&2
+        echo "setup.sh: pip install failed; full log in .venv/pip-install.log" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
 echo "setup.sh: ready (.venv/bin/imgbuild)"
