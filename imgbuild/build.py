@@ -20,7 +20,8 @@ from pathlib import Path
 import docker.errors
 
 from imgbuild import __version__
-from imgbuild.bootstrap import BootstrapOptions, bootstrap_image, find_image, image_labels, split_tag
+from imgbuild.bootstrap import (BootstrapOptions, bootstrap_image, default_cache_dir, find_image, image_labels,
+                                split_tag)
 from imgbuild.buildcontext import (EffectiveMirrors, app_build_args, assemble, base_build_args, hash_tree,
                                    resolve_mirrors, with_registry)
 from imgbuild.engines import Engine
@@ -137,7 +138,11 @@ def _build_layer(loaded: LoadedRecipe, engine: Engine, role: str, from_ref: str,
     args = make_args(loaded, mirrors, from_ref)
     from_info = None if from_identity else find_image(engine, from_ref)
     from_id = from_identity or (from_info["Id"] if from_info else from_ref)  # not local: the engine pulls it
-    with tempfile.TemporaryDirectory(prefix=f"imgbuild-{role}-") as tmp:
+    # The context lives in imgbuild's cache folder, next to downloaded checkpoints, so that big files can be
+    # hard-linked into it instead of copied.
+    contexts = (options.cache_dir or default_cache_dir()) / "contexts"
+    contexts.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{role}-", dir=contexts) as tmp:
         context = Path(tmp)
         assemble(loaded, role, mirrors, context, options.extra_context if role == "app" else ())
         digest = input_hash(role, hash_tree(context), args, from_id, labels)

@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import docker
 import docker.errors
+import docker.utils
 
 from imgbuild.errors import EngineError, UsageError
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
@@ -31,6 +32,7 @@ ENGINE_CHOICES = ("auto", "docker", "podman")
 # the SDK's default 60 s read timeout would abort such a build.
 DEFAULT_TIMEOUT = int(os.environ.get("IMGBUILD_ENGINE_TIMEOUT", "3600"))
 PRIVATE_SERVICE_WAIT = 30.0
+PROBE_TIMEOUT = 15
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,19 @@ def _open(host: str, timeout: int) -> Engine:
     """Connect to one host or raise EngineError with the SDK's reason."""
     if host.startswith("unix://") and not os.path.exists(host[len("unix://"):]):
         raise EngineError(f"{host}: no such socket")
+    # DOCKER_HOST comes with DOCKER_TLS_VERIFY/DOCKER_CERT_PATH; honour them the way the docker CLI does.
+    tls = docker.utils.kwargs_from_env().get("tls") if host == os.environ.get("DOCKER_HOST") else None
+    # use_ssh_client: ssh:// hosts go through the system's ssh binary and its config, not paramiko.
+    ssh = host.startswith("ssh://")
     try:
-        # use_ssh_client: ssh:// hosts go through the system's ssh binary and its config, not paramiko.
-        client = docker.DockerClient(base_url=host, timeout=timeout, use_ssh_client=host.startswith("ssh://"))
-        info = client.version()
+        # A short timeout to find out whether anything answers; the client that does the work waits long.
+        probe = docker.DockerClient(base_url=host, timeout=PROBE_TIMEOUT, tls=tls or False, use_ssh_client=ssh)
+        try:
+            info = probe.version()
+        finally:
+            probe.close()
+        client = docker.DockerClient(base_url=host, timeout=timeout, tls=tls or False, use_ssh_client=ssh,
+                                     version=str(info.get("ApiVersion") or "auto"))
     except (docker.errors.DockerException, OSError) as exc:
         raise EngineError(f"{host}: {exc}") from exc
     return Engine(client=client, api=client.api, kind=engine_kind(info), host=host,

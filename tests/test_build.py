@@ -188,3 +188,80 @@ base: {{tag: "{unique_tag('failing')}", from: "{bookworm_image}", containerfile:
     assert any("imgbuild-test-marker" in line for line in failure.log_tail)
     assert "7" in failure.reason
     assert find_image(engine, unique_tag("failing")) is None
+
+
+# --- unit: this host's defaults ---------------------------------------------------------------------------
+
+
+def test_deb822_sources_skip_security_and_disabled(tmp_path: Path) -> None:
+    from imgbuild.hostconfig import apt_archive_url, parse_deb822
+
+    text = """\
+Types: deb
+URIs: http://127.0.0.1:9/debian-security
+Suites: bookworm-security
+Components: main
+
+Types: deb-src
+URIs: http://127.0.0.1:9/src
+Suites: bookworm
+
+Types: deb
+Enabled: no
+URIs: http://127.0.0.1:9/off
+Suites: bookworm
+
+Types: deb
+# a comment
+URIs: http://127.0.0.1:9/debian
+Suites: bookworm bookworm-updates
+"""
+    assert parse_deb822(text) == ["http://127.0.0.1:9/debian", "http://127.0.0.1:9/debian-security"]
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "x.sources").write_text(text)
+    assert apt_archive_url(tmp_path / "d", tmp_path / "absent.list") == "http://127.0.0.1:9/debian"
+
+
+def test_one_line_sources_list() -> None:
+    from imgbuild.hostconfig import parse_sources_list
+
+    text = ("# deb http://127.0.0.1:1/commented bookworm main\n"
+            "deb [arch=amd64 signed-by=/k.gpg] http://127.0.0.1:2/debian bookworm main\n"
+            "deb-src http://127.0.0.1:3/debian bookworm main\n"
+            "deb http://127.0.0.1:4/debian-security bookworm-security main\n")
+    assert parse_sources_list(text) == ["http://127.0.0.1:2/debian", "http://127.0.0.1:4/debian-security"]
+
+
+def test_pip_config_list_parsing_env_first() -> None:
+    from imgbuild.hostconfig import parse_pip_config_list
+
+    text = (":env:.find-links='/opt/w'\n"
+            "global.cert='/etc/ca.pem'\n"
+            "global.extra-index-url='file:///opt/pypi/simple http://127.0.0.1:5/simple'\n"
+            "global.find-links='/ignored'\n"
+            "install.trusted-host='127.0.0.1'\n"
+            "global.index-url='http://127.0.0.1:6/simple'\n")
+    cfg = parse_pip_config_list(text)
+    assert cfg.find_links == ["/opt/w"] and cfg.cert == "/etc/ca.pem"
+    assert cfg.extra_index_urls == ["file:///opt/pypi/simple", "http://127.0.0.1:5/simple"]
+    assert cfg.trusted_hosts == ["127.0.0.1"] and cfg.index_url == "http://127.0.0.1:6/simple"
+
+
+def test_host_defaults_fill_only_unset_mirrors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgbuild import hostconfig
+
+    monkeypatch.setattr(hostconfig, "apt_archive_url", lambda: "http://127.0.0.1:9/debian")
+    monkeypatch.setattr(hostconfig, "pip_config", lambda: hostconfig.PipHostConfig(
+        index_url="http://127.0.0.1:8/simple", extra_index_urls=["file:///opt/local", "http://127.0.0.1:7/x"],
+        find_links=["/opt/wheels"]))
+    monkeypatch.setattr(hostconfig, "ca_bundle", lambda: str(tmp_path / "host-ca.pem"))
+    (tmp_path / "r.yaml").write_text("apiVersion: imgbuild/v1\nkind: Recipe\nmetadata: {name: t}\n"
+                                     "mirrors: {apt: 'http://127.0.0.1:1/mine'}\n"
+                                     "base: {tag: 'localhost/t:1', bootstrap: {}}\n")
+    mirrors = resolve_mirrors(load_recipe(tmp_path / "r.yaml", env={}))
+    assert mirrors.apt == "http://127.0.0.1:1/mine"
+    assert mirrors.pip_index_url == "http://127.0.0.1:8/simple"
+    assert mirrors.pip_extra_index_urls == ("http://127.0.0.1:7/x",)  # a host's file:// index is useless inside
+    assert mirrors.find_links_dirs == ()  # host wheels are not copied into every build unasked
+    assert mirrors.ca_files == (tmp_path / "host-ca.pem",)
+    assert resolve_mirrors(load_recipe(tmp_path / "r.yaml", env={}), host_defaults=False).ca_files == ()
