@@ -108,6 +108,33 @@ def test_test_voice_loads_in_piper(tmp_path: Path) -> None:
     assert len(chunks) == 2 and all(c.sample_rate == 16000 and c.audio_float_array.size > 0 for c in chunks)
 
 
+def test_piper_engine_streams_the_first_clause_first(tmp_path: Path) -> None:
+    import threading
+
+    from imgbuild_runtime.engine import SynthesisOptions
+    from imgbuild_runtime.piper_engine import PiperEngine
+
+    engine = PiperEngine(write_test_voice(tmp_path).model, threads=1)
+    engine.load()
+    text = "When the disc is read back on another machine, every byte is checked again. Then it plays."
+
+    def chunks(low_latency: bool) -> list[np.ndarray]:
+        options = SynthesisOptions(low_latency=low_latency)
+        return list(engine.synthesize(text, (), options, threading.Event()))
+
+    whole, quick = chunks(False), chunks(True)
+    assert len(whole) == 2 and len(quick) == 3  # the first sentence is cut after its first clause
+    assert quick[0].size < 0.75 * whole[0].size
+    # Same speech in total, give or take the sentence-boundary symbols of the extra cut.
+    assert abs(sum(c.size for c in quick) - sum(c.size for c in whole)) <= 4 * SAMPLES_PER_ID
+    assert np.array_equal(quick[-1], whole[-1])
+    cancel = threading.Event()
+    stream = engine.synthesize(text, (), SynthesisOptions(), cancel)
+    next(stream)
+    cancel.set()
+    assert list(stream) == []  # a cancelled request stops at the next chunk
+
+
 def _pair(folder: Path, name: str, text: str, amplitude: float = 0.2) -> ReferencePair:
     soundfile.write(folder / f"{name}.wav", amplitude * np.sin(np.arange(4000) / 3.0), 16000)
     (folder / f"{name}.lab").write_text(text, encoding="utf-8")

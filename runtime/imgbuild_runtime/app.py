@@ -120,7 +120,7 @@ async def _synthesize(
     if stream and fmt not in STREAM_FORMATS:
         raise UnsupportedFormat(f"streaming supports {' and '.join(STREAM_FORMATS)}, not {fmt!r}")
     voice = catalog.resolve(voice_name)
-    options = SynthesisOptions(speed=options.speed, speaker=voice.speaker, sampling=options.sampling)
+    options = SynthesisOptions(speed=options.speed, speaker=voice.speaker, sampling=options.sampling, low_latency=stream)
 
     def work(cancel: threading.Event) -> Iterator[np.ndarray]:
         # Runs on the inference thread: references are encoded (or fetched from the cache) there too.

@@ -51,6 +51,9 @@ class EncodedReference:
 class SynthesisOptions:
     speed: float = 1.0  # 1.0 normal, 2.0 twice as fast
     speaker: str | None = None  # a built-in speaker of the model (multi-speaker voices), None = default
+    # The client listens while audio arrives (streaming): engines may cut the first chunk short, e.g. at a
+    # clause boundary, so the first audio comes sooner.
+    low_latency: bool = False
     # Sampling settings of LLM engines (temperature, top_p, repetition_penalty, max_new_tokens, chunk_length);
     # engines without sampling ignore them.
     sampling: Mapping[str, float] = field(default_factory=dict)

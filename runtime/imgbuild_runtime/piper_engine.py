@@ -18,6 +18,10 @@ from .engine import Engine, EncodedReference, EngineInfo, SynthesisOptions
 
 _WARMUP_TEXT = "Warm up."
 _MIN_RMS = 1e-4
+# Only first sentences this long are split for streaming, and only where both parts keep a few words.
+_SPLIT_MIN_PHONEMES = 60
+_CLAUSE_MIN_PHONEMES = 15
+_CLAUSE_MARKS = (",", ";", ":")
 
 
 class PiperEngine(Engine):
@@ -87,20 +91,40 @@ class PiperEngine(Engine):
 
         voice = self._loaded()
         speaker_id = voice.config.speaker_id_map.get(options.speaker) if options.speaker else None
-        config = SynthesisConfig(
-            speaker_id=speaker_id, length_scale=voice.config.length_scale / options.speed, normalize_audio=True
-        )
+        config = SynthesisConfig(speaker_id=speaker_id, length_scale=voice.config.length_scale / options.speed)
         levels = [float(r.meta.get("rms", 0.0)) for r in references]  # type: ignore[arg-type]
         target_rms = sum(levels) / len(levels) if levels else None
-        # piper phonemizes the whole text, then runs the model sentence by sentence: each chunk is yielded
-        # as soon as its sentence is done, which is what streaming clients hear first.
-        for chunk in voice.synthesize(text, syn_config=config):
+        # The whole text is phonemized first (fast), then the model runs sentence by sentence: each chunk is
+        # yielded as soon as its sentence is done, which is what a streaming client hears first.
+        sentences = [p for p in voice.phonemize(text) if p]
+        if options.low_latency and sentences:
+            sentences = _split_first_clause(sentences[0]) + sentences[1:]
+        for phonemes in sentences:
             if cancel.is_set():
                 return
-            audio = chunk.audio_float_array
+            audio = np.asarray(voice.phoneme_ids_to_audio(voice.phonemes_to_ids(phonemes), config))
+            audio = _normalize(audio.reshape(-1))
             if target_rms is not None and target_rms > _MIN_RMS:
                 audio = _match_level(audio, target_rms)
             yield audio
+
+
+def _split_first_clause(phonemes: list[str]) -> list[list[str]]:
+    """A long first sentence split after its first clause (", ") so streaming starts sooner."""
+    if len(phonemes) < _SPLIT_MIN_PHONEMES:
+        return [phonemes]
+    for i in range(_CLAUSE_MIN_PHONEMES, len(phonemes) - _CLAUSE_MIN_PHONEMES):
+        if phonemes[i] in _CLAUSE_MARKS and phonemes[i + 1] == " ":
+            return [phonemes[: i + 1], phonemes[i + 2 :]]
+    return [phonemes]
+
+
+def _normalize(audio: np.ndarray) -> np.ndarray:
+    """Peak to full scale, as piper's own synthesize() does (normalize_audio=True)."""
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak < 1e-8:
+        return np.zeros_like(audio, dtype=np.float32)
+    return np.clip(audio / peak, -1.0, 1.0).astype(np.float32)
 
 
 def _match_level(audio: np.ndarray, target_rms: float) -> np.ndarray:
