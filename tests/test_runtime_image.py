@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import time
 import wave
 from pathlib import Path
@@ -20,7 +21,8 @@ from imgbuild.bootstrap import find_image
 from imgbuild.build import BuildOptions, build_recipe
 from imgbuild.recipe import load_recipe
 
-pytest.importorskip("imgbuild_runtime")  # scripts/setup.sh installs it; CI fails on import errors elsewhere
+if os.environ.get("CI", "").lower() not in ("true", "1", "yes"):
+    pytest.importorskip("imgbuild_runtime")  # scripts/setup.sh installs it; under CI its absence fails the run
 from imgbuild_runtime.testvoice import write_test_voice  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
