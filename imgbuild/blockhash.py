@@ -42,6 +42,10 @@ class BlockHasher:
     def hexdigest(self) -> str:
         return self._whole.hexdigest()
 
+    def whole_copy(self) -> "hashlib._Hash":
+        """A copy of the whole-file hash state, to go on hashing a longer stream this file begins."""
+        return self._whole.copy()
+
     def block_hexdigests(self) -> list[str]:
         """The block list; an empty file has no blocks."""
         tail = [self._block.hexdigest()] if self._in_block else []

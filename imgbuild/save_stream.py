@@ -7,12 +7,13 @@ not JSON. Small members (configs, manifest.json, repositories, per-layer json) a
 Symlinks and hard links (Podman links `<v1 id>/layer.tar` to `../<diff id>.tar`) become aliases.
 
 Reading happens in a background thread so the socket keeps flowing while the consumer hashes and
-compresses: the engine never waits for us unless the bounded queue is full.
+compresses: the engine never waits for us unless the bounded queue is full. Headers are parsed with
+tarfile.TarInfo.frombuf (plus pax and GNU long names); member data is not read through tarfile's stream
+mode, which copies every byte two or three times (a third of archive's CPU time on a 1.7 GB image).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import queue
@@ -25,11 +26,11 @@ from typing import Any
 from imgbuild import layout
 from imgbuild.errors import ArchiveError
 
-CHUNK = 4 * 1024 * 1024
+BLOCK = 512
 QUEUE_DEPTH = 8
 
-# (member name, uncompressed size, iterator over its bytes) -> diff id ("sha256:<hex>")
-LayerConsumer = Callable[[str, int, Iterator[bytes]], str]
+# (member name, uncompressed size, iterator over its bytes (memoryviews)) -> diff id ("sha256:<hex>")
+LayerConsumer = Callable[[str, int, Iterator[memoryview]], str]
 
 
 @dataclass
@@ -69,12 +70,13 @@ class SavedArchive:
         return diff_id
 
 
-class _QueueReader(io.RawIOBase):
-    """A file object over chunks produced by a background thread."""
+class _ChunkReader:
+    """Exact-size reads over chunks produced by a background thread; member data is handed on as
+    memoryview slices of the received chunks, so layer bytes are never copied on the way to the consumer."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
         self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(QUEUE_DEPTH)
-        self._buffer = memoryview(b"")
+        self._view = memoryview(b"")
         self._done = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._pump, args=(chunks,), daemon=True, name="save-reader")
@@ -91,45 +93,95 @@ class _QueueReader(io.RawIOBase):
         except BaseException as exc:  # handed to the consumer thread, which raises it
             self._queue.put(exc)
 
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, target: Any) -> int:
-        while not self._buffer:
+    def _fill(self) -> bool:
+        while not self._view:
             if self._done:
-                return 0
+                return False
             item = self._queue.get()
             if item is None:
                 self._done = True
-                return 0
+                return False
             if isinstance(item, BaseException):
                 self._done = True
                 raise ArchiveError(f"reading the engine's save stream failed: {item}") from item
-            self._buffer = memoryview(item)
-        n = min(len(target), len(self._buffer))
-        target[:n] = self._buffer[:n]
-        self._buffer = self._buffer[n:]
-        return n
+            self._view = memoryview(item)
+        return True
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        """The next ``size`` bytes, as slices of the received chunks."""
+        left = size
+        while left:
+            if not self._fill():
+                raise ArchiveError(f"the engine's save stream ended early ({left} bytes missing)")
+            piece = self._view[:left]
+            self._view = self._view[len(piece):]
+            left -= len(piece)
+            yield piece
+
+    def read(self, size: int) -> bytes:
+        return b"".join(self.pieces(size))
+
+    def at_end(self) -> bool:
+        return not self._fill()
 
     def close(self) -> None:
         self._stop.set()
-        # Unblock the pump if it waits on a full queue.
-        while self._thread.is_alive():
+        while self._thread.is_alive():  # unblock the pump if it waits on a full queue
             try:
                 self._queue.get(timeout=0.1)
             except queue.Empty:
                 pass
-        super().close()
 
 
-def _member_chunks(fileobj: io.BufferedIOBase, size: int) -> Iterator[bytes]:
-    left = size
-    while left:
-        data = fileobj.read(min(CHUNK, left))
-        if not data:
-            raise ArchiveError(f"the engine's save stream ended inside a member ({left} bytes missing)")
-        left -= len(data)
-        yield data
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """POSIX pax extended header records, each "LEN key=value" and a newline."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        space = data.index(b" ", pos)
+        length = int(data[pos:space])
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def _members(reader: _ChunkReader) -> Iterator[tuple[tarfile.TarInfo, Iterator[memoryview]]]:
+    """(header, data pieces) of every member; pax and GNU long-name headers are applied to the next one.
+    The caller must consume the pieces before asking for the next member."""
+    overrides: dict[str, str] = {}
+    while True:
+        if reader.at_end():
+            return
+        block = reader.read(BLOCK)
+        if block.count(0) == BLOCK:  # end-of-archive marker
+            return
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError as exc:
+            raise ArchiveError(f"the engine's save stream is not a readable tar: {exc}") from exc
+        if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            data = reader.read(info.size)
+            reader.read(_padding(info.size))
+            if info.type == tarfile.XHDTYPE:
+                overrides.update(_pax_records(data))
+            elif info.type == tarfile.GNUTYPE_LONGNAME:
+                overrides["path"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            elif info.type == tarfile.GNUTYPE_LONGLINK:
+                overrides["linkpath"] = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        info.name = overrides.get("path", info.name)
+        info.linkname = overrides.get("linkpath", info.linkname)
+        if "size" in overrides:
+            info.size = int(overrides["size"])
+        overrides = {}
+        size = info.size if info.type in tarfile.REGULAR_TYPES else 0
+        yield info, reader.pieces(size)
+        reader.read(_padding(size))
 
 
 def _is_layer(name: str, size: int, head: bytes) -> bool:
@@ -143,38 +195,42 @@ def _is_layer(name: str, size: int, head: bytes) -> bool:
 def read_save_stream(chunks: Iterable[bytes], on_layer: LayerConsumer) -> SavedArchive:
     """Walk a docker-archive tar stream once; every layer goes to ``on_layer`` as it streams."""
     saved = SavedArchive()
-    reader = _QueueReader(chunks)
+    reader = _ChunkReader(chunks)
     try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=1024 * 1024) as tar:
-            for member in tar:
-                name = posixpath.normpath(member.name)
-                if member.issym() or member.islnk():
-                    target = member.linkname
-                    if member.issym():
-                        target = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
-                    saved.aliases[name] = posixpath.normpath(target)
-                    continue
-                if not member.isfile():
-                    continue
-                data = tar.extractfile(member)
-                assert data is not None
-                head = data.read(min(member.size, 512))
-                rest = _member_chunks(data, member.size - len(head))
-                if _is_layer(name, member.size, head):
-                    saved.layer_members[name] = on_layer(name, member.size, _prepend(head, rest))
-                elif member.size <= layout.MAX_CONFIG_BYTES:
-                    saved.small_files[name] = head + b"".join(rest)
-                else:
-                    for _ in rest:  # an unknown large member: read past it
-                        pass
-    except tarfile.TarError as exc:
-        raise ArchiveError(f"the engine's save stream is not a readable tar: {exc}") from exc
+        for member, pieces in _members(reader):
+            name = posixpath.normpath(member.name)
+            if member.issym() or member.islnk():
+                target = member.linkname
+                if member.issym():
+                    target = posixpath.join(posixpath.dirname(name), target)
+                saved.aliases[name] = posixpath.normpath(target)
+                continue
+            if not member.isfile():
+                continue
+            peeked = _Peeked(pieces)
+            if _is_layer(name, member.size, peeked.head_bytes()):
+                saved.layer_members[name] = on_layer(name, member.size, peeked.all())
+            elif member.size <= layout.MAX_CONFIG_BYTES:
+                saved.small_files[name] = b"".join(peeked.all())
+            for _ in peeked.all():  # whatever the consumer left unread, or an unknown large member
+                pass
     finally:
         reader.close()
     return saved
 
 
-def _prepend(head: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
-    if head:
-        yield head
-    yield from rest
+class _Peeked:
+    """Member pieces with the first one looked at in advance (to tell JSON from a layer)."""
+
+    def __init__(self, pieces: Iterator[memoryview]) -> None:
+        self._pieces = pieces
+        self._head: memoryview | None = next(pieces, None)
+
+    def head_bytes(self) -> bytes:
+        return bytes(self._head[:BLOCK]) if self._head is not None else b""
+
+    def all(self) -> Iterator[memoryview]:
+        if self._head is not None:
+            head, self._head = self._head, None
+            yield head
+        yield from self._pieces

@@ -106,6 +106,20 @@ def test_save_stream_reader_follows_podman_style_links() -> None:
     assert saved.config_bytes("abc.json") == config
 
 
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_save_stream_reader_reads_long_names(fmt: int) -> None:
+    long_dir = "d" * 120
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as outer:
+        _tar_member(outer, f"{long_dir}/layer.tar", b"\0" * 1024)
+        _tar_member(outer, f"{long_dir}/link.tar", link="layer.tar")
+        _tar_member(outer, "manifest.json", b"[]")
+    saved = read_save_stream([buffer.getvalue()], lambda name, size, chunks: "sha256:" + hashlib.sha256(
+        b"".join(chunks)).hexdigest())
+    assert saved.layer_diff_id(f"{long_dir}/link.tar") == "sha256:" + hashlib.sha256(b"\0" * 1024).hexdigest()
+    assert saved.small_files["manifest.json"] == b"[]"
+
+
 # ---------------------------------------------------------------- real engines
 
 def _build(engine: Engine, base: str, tag: str, content: bytes) -> str:

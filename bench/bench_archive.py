@@ -1,0 +1,159 @@
+"""Benchmark `imgbuild archive` against the shell pipeline it replaces, on a realistic image (>= 1.5 GB).
+
+The image: imgbuild's bootstrap (Debian bookworm + python3), the host's local torch CPU wheel unpacked into
+site-packages, and a generated float32 weights file. Measured in one run, on the same engine:
+
+  raw save     the engine's save API read to /dev/null (what archive reads; the ceiling of its throughput)
+  baseline     ENGINE save IMG | zstd -T0 -3 | split -b 2047m, then sha256sum of the parts
+  archive      imgbuild archive --media bd25 (dedup, zstd -3 on all cores, parts, sha256 as written)
+
+Goals (issue 3): archive wall time <= 0.85 x baseline; archive throughput >= 0.95 x raw save.
+
+    python bench/bench_archive.py [--engine podman|docker] [--host URL] [--keep-image] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from imgbuild import hostconfig
+from imgbuild.archive import ArchiveOptions, archive
+from imgbuild.bootstrap import BootstrapOptions, bootstrap_image, find_image
+from imgbuild.engines import Engine, connect
+from imgbuild.recipe_model import Bootstrap
+
+TAG = "localhost/imgbuild-bench-archive:1"
+BASE_TAG = "localhost/imgbuild-bench-archive-base:1"
+SITE = "/usr/lib/python3/dist-packages"
+
+
+def torch_wheel() -> Path:
+    for folder in hostconfig.pip_config().find_links:
+        found = sorted(glob.glob(os.path.join(folder.removeprefix("file://"), "torch-*.whl")))
+        if found:
+            return Path(found[-1])
+    sys.exit("no torch wheel in pip's find-links folders (pip config list)")
+
+
+def build_image(engine: Engine, weights_mb: int) -> None:
+    if find_image(engine, TAG):
+        print(f"reusing {TAG}", file=sys.stderr)
+        return
+    mirror = hostconfig.apt_archive_url()
+    if not mirror:
+        sys.exit("this host has no apt sources to take a Debian mirror from")
+    bootstrap_image(engine, Bootstrap(suite="bookworm", include=["python3"]), BootstrapOptions(mirror=mirror, tag=BASE_TAG))
+    with tempfile.TemporaryDirectory(prefix="bench-archive-ctx-") as ctx:
+        print("unpacking the torch wheel and generating weights ...", file=sys.stderr)
+        with zipfile.ZipFile(torch_wheel()) as wheel:
+            wheel.extractall(Path(ctx) / "site")
+        rng = np.random.default_rng(0)
+        with open(Path(ctx) / "weights.bin", "wb") as fh:
+            for _ in range(weights_mb // 16):  # trained weights look like small normal values
+                fh.write((rng.standard_normal(4 * 1024 * 1024, dtype=np.float32) * 0.02).tobytes())
+        (Path(ctx) / "Containerfile").write_text(
+            f"FROM {BASE_TAG}\nCOPY site/ {SITE}/\nCOPY weights.bin /models/weights.bin\n")
+        print(f"building {TAG} ...", file=sys.stderr)
+        for line in engine.api.build(path=ctx, dockerfile="Containerfile", tag=TAG, rm=True, decode=True):
+            if "error" in line:
+                sys.exit(f"building {TAG} failed: {line['error']}")
+            if line.get("stream", "").strip():
+                print(line["stream"].rstrip(), file=sys.stderr)
+
+
+def engine_cli(engine: Engine) -> tuple[str, dict[str, str]]:
+    env = dict(os.environ)
+    if engine.kind == "podman":
+        return f"podman --url {engine.host}", env
+    env["DOCKER_HOST"] = engine.host
+    return "docker", env
+
+
+def timed(fn) -> tuple[float, object]:
+    start = time.monotonic()
+    value = fn()
+    return time.monotonic() - start, value
+
+
+def raw_save(engine: Engine) -> int:
+    api = engine.api
+    response = api._get(api._url("/images/get"), params={"names": [TAG]}, stream=True)
+    api._raise_for_status(response)
+    return sum(len(chunk) for chunk in response.iter_content(1024 * 1024))
+
+
+def baseline(engine: Engine, work: Path) -> None:
+    cli, env = engine_cli(engine)
+    parts = work / "baseline"
+    parts.mkdir()
+    subprocess.run(f"{cli} save {TAG} | zstd -q -T0 -3 | split -b 2047m - {parts}/part.", shell=True,
+                   check=True, env=env)
+    subprocess.run(f"sha256sum {parts}/part.* > {parts}/SHA256SUMS", shell=True, check=True)
+    shutil.rmtree(parts)
+
+
+def run_archive(engine: Engine, work: Path) -> int:
+    out = work / "archive"
+    result = archive(engine, [TAG], ArchiveOptions(out=out, media="bd25", catalog=work / "catalog"))
+    shutil.rmtree(out)
+    shutil.rmtree(work / "catalog")
+    return result.uncompressed_bytes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--engine", default="podman", choices=["podman", "docker"])
+    parser.add_argument("--host", default=None, help="engine URL; default IMGBUILD_TEST_<ENGINE>_HOST")
+    parser.add_argument("--weights-mb", type=int, default=704)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--keep-image", action="store_true", help="keep the image for the next run")
+    args = parser.parse_args()
+    host = args.host or os.environ.get(f"IMGBUILD_TEST_{args.engine.upper()}_HOST")
+    with connect(args.engine, host) as engine:
+        build_image(engine, args.weights_mb)
+        try:
+            measure(engine, args.rounds)
+        finally:
+            if not args.keep_image:
+                engine.api.remove_image(TAG, force=True)
+                engine.api.remove_image(BASE_TAG, force=True)
+
+
+def measure(engine: Engine, rounds: int) -> None:
+    size = int(engine.api.inspect_image(TAG)["Size"])
+    print(f"engine {engine.kind} {engine.version}; image {TAG}: {size / 1e9:.2f} GB", file=sys.stderr)
+    raw_save(engine)  # warm the page cache for every contender alike
+    times: dict[str, list[float]] = {"raw save": [], "baseline": [], "archive": []}
+    saved = archived = 0
+    with tempfile.TemporaryDirectory(prefix="bench-archive-", dir=os.environ.get("BENCH_TMP")) as tmp:
+        work = Path(tmp)
+        for _ in range(rounds):
+            seconds, saved = timed(lambda: raw_save(engine))
+            times["raw save"].append(seconds)
+            seconds, _ = timed(lambda: baseline(engine, work))
+            times["baseline"].append(seconds)
+            seconds, archived = timed(lambda: run_archive(engine, work))
+            times["archive"].append(seconds)
+    best = {name: min(values) for name, values in times.items()}
+    for name, seconds in best.items():
+        print(f"{name:10s} {seconds:7.2f} s  (rounds: {', '.join(f'{v:.2f}' for v in times[name])})")
+    save_rate = saved / best["raw save"] / 1e6
+    archive_rate = archived / best["archive"] / 1e6
+    print(f"raw save   {save_rate:7.1f} MB/s of save stream; archive {archive_rate:7.1f} MB/s of layers")
+    print(f"archive wall time / baseline wall time = {best['archive'] / best['baseline']:.2f}  (goal <= 0.85)")
+    print(f"archive throughput / raw save throughput = {archive_rate / save_rate:.2f}  (goal >= 0.95)")
+
+
+if __name__ == "__main__":
+    main()
