@@ -256,8 +256,9 @@ def test_stream_sends_first_sentence_before_the_rest_is_made(base_config: Server
             assert response.status_code == 200 and response.headers["content-type"] == "audio/wav"
             stream = response.iter_raw()
             first = next(stream)
-            # The engine is still held after sentence one: these bytes were sent before the rest existed.
-            assert engine.first_sent.is_set() and not engine.chunk_gate.is_set()
+            # The engine is held after sentence one until the gate opens below: these bytes were sent
+            # before the rest existed.
+            assert engine.first_sent.wait(10) and not engine.chunk_gate.is_set()
             assert first[:4] == b"RIFF" and first[4:8] == b"\xff\xff\xff\xff" and len(first) > 44
             engine.chunk_gate.set()
             data = first + b"".join(stream)
