@@ -98,6 +98,36 @@ app:
     return path
 
 
+SPARK = REPO_ROOT / "Containerfiles" / "spark-tts.Containerfile"
+
+
+def spark_app_recipe(folder: Path, base_recipe: Path, app_tag: str) -> Path:
+    """The torch base recipe plus the SparkTTS app layer: a stand-in Spark-TTS tree (its requirements file
+    with the pins the Containerfile must drop) and model folder, the real runtime and SparkTTS engine."""
+    with zipfile.ZipFile(folder / "Spark-TTS-main.zip", "w") as zf:
+        zf.writestr("Spark-TTS-main/requirements.txt", "soundfile==0.12.1\ntorch==2.5.1\ntorchaudio==2.5.1\n"
+                    "gradio==5.18.0")
+    model = folder / "Spark-TTS-0.5B"
+    (model / "BiCodec").mkdir(parents=True)
+    (model / "config.yaml").write_text("sample_rate: 16000\n")
+    app = f"""
+app:
+  tag: {app_tag}
+  containerfile: {SPARK}
+  context:
+    - {{src: Spark-TTS-main.zip, dest: ., extract: true, strip_components: 1}}
+    - {{src: {REPO_ROOT / "runtime"}, dest: imgbuild-runtime}}
+    - {{src: {REPO_ROOT / "Containerfiles" / "spark-tts"}, dest: imgbuild-spark}}
+    - {{src: ref_data, dest: ref_data}}
+    - {{src: Spark-TTS-0.5B, dest: pretrained_models/Spark-TTS-0.5B}}
+  serve:
+    command: [python3, imgbuild-spark/serve_spark.py, --model, pretrained_models/Spark-TTS-0.5B, --port, "8080"]
+"""
+    path = folder / "spark-app.yaml"
+    path.write_text(base_recipe.read_text() + app)
+    return path
+
+
 def post_health(engine, image: str) -> dict:
     container = engine.api.create_container(image, ports=[8080], host_config=engine.api.create_host_config(
         port_bindings={8080: ("127.0.0.1", None)}))["Id"]
@@ -110,8 +140,9 @@ def post_health(engine, image: str) -> dict:
         engine.api.remove_container(container, force=True)
 
 
-def run_once(engine, image: str, command: list[str]) -> tuple[int, str]:
-    """Run a command in a fresh container without network; return (exit code, output); remove it."""
+def run_once(engine, image: str, command: list[str] | None) -> tuple[int, str]:
+    """Run a command (None: the image's CMD) in a fresh container without network; return (exit code,
+    output); remove it."""
     container = engine.api.create_container(image, command, network_disabled=True)["Id"]
     try:
         engine.api.start(container)
@@ -163,6 +194,20 @@ def test_torch_cpu_base_builds_and_runs_torch(tmp_path: Path) -> None:
             code, output = run_once(engine, app_tag, ["python3", "-c", REF_JSON_LINE])
             assert code == 0 and json.loads(output.strip().splitlines()[-1]) == {"spk": {"e1": ["a.lab", "a.wav"]}}
             assert post_health(engine, app_tag) == {"status": "ok"}
+
+            # The SparkTTS app layer: requirements without torch/gradio, the runtime and the engine installed.
+            # The stand-in model cannot load (no SparkTTS code, no transformers), and the server must then
+            # stop with exit code 1 and the reason in its log, not hang unhealthy.
+            spark_loaded = load_recipe(spark_app_recipe(tmp_path, recipe, tag.replace("torch-cpu-base", "spark-app")),
+                                       {**os.environ, "TORCH_CPU_WHEELS": str(wheels)})
+            spark = build_recipe(spark_loaded, engine, BuildOptions())
+            built += [image.tag for image in spark.images if image.tag not in built]
+            spark_tag = spark.image("app").tag
+            code, output = run_once(engine, spark_tag, ["pip", "list", "--format=freeze"])
+            installed = {line.split("==")[0].lower() for line in output.split()}
+            assert {"imgbuild-runtime", "fastapi", "soundfile"} <= installed and "gradio" not in installed, output
+            code, output = run_once(engine, spark_tag, None)
+            assert code == 1 and "No module named" in output, output[-2000:]
         finally:
             built += [t for t in (tag,) if t not in built]
             for ref in reversed(built):
