@@ -33,8 +33,8 @@ pytestmark = pytest.mark.slow
 PROBE = r"""
 import base64, json, time, urllib.request
 def call(path, body=None):
-    req = urllib.request.Request("http://127.0.0.1:8080" + path, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"content-type": "application/json"})
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request("http://127.0.0.1:8080" + path, data=data, headers={"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=60) as r:
         return r.status, r.read()
 for _ in range(600):

@@ -120,7 +120,9 @@ async def _synthesize(
     if stream and fmt not in STREAM_FORMATS:
         raise UnsupportedFormat(f"streaming supports {' and '.join(STREAM_FORMATS)}, not {fmt!r}")
     voice = catalog.resolve(voice_name)
-    options = SynthesisOptions(speed=options.speed, speaker=voice.speaker, sampling=options.sampling, low_latency=stream)
+    options = SynthesisOptions(
+        speed=options.speed, speaker=voice.speaker, sampling=options.sampling, low_latency=stream
+    )
 
     def work(cancel: threading.Event) -> Iterator[np.ndarray]:
         # Runs on the inference thread: references are encoded (or fetched from the cache) there too.
@@ -198,7 +200,8 @@ def _add_error_handlers(app: FastAPI) -> None:
             err = InvalidRequest(f"malformed JSON: {first.get('msg', '')}")
             err.code = "invalid_json"
         else:
-            err = InvalidRequest(f"{'.'.join(loc) or 'body'}: {first.get('msg', 'invalid')}", param=".".join(loc) or None)
+            where = ".".join(loc)
+            err = InvalidRequest(f"{where or 'body'}: {first.get('msg', 'invalid')}", param=where or None)
         return _error(err)
 
     @app.exception_handler(StarletteHTTPException)

@@ -100,7 +100,8 @@ def scan_ref_data(root: Path | None, builtin_speakers: Iterable[str] = ()) -> Vo
             pairs = _pairs(emotion_dir, problems)
             if pairs:
                 name = f"{speaker}/{emotion_dir.name}"
-                emotions[emotion_dir.name] = Voice(name, speaker if speaker in builtin else None, emotion_dir.name, pairs)
+                builtin_speaker = speaker if speaker in builtin else None
+                emotions[emotion_dir.name] = Voice(name, builtin_speaker, emotion_dir.name, pairs)
             else:
                 problems.append(f"{emotion_dir}: no .wav/.lab pair; not a voice")
         stray = [p.name for p in speaker_dir.iterdir() if p.is_file()]
