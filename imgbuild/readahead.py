@@ -61,7 +61,12 @@ class _Stage:
 
     def __iter__(self) -> Iterator[Event]:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                if self._stop.is_set():  # closed: the producer will put nothing more
+                    return
+                continue
             if item is _DONE:
                 return
             if isinstance(item, BaseException):
@@ -124,12 +129,15 @@ class ReadAhead(_Stage):
     def _read_one(self, index: int, path: Path) -> bool:
         size = 0
         try:
-            # O_NOFOLLOW: a symlink planted on a volume is not followed (the layout checks refuse them too).
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            if hasattr(path, "open_raw"):  # a file inside an .iso volume (imgbuild.iso.IsoMember)
+                handle = path.open_raw()
+            else:
+                # O_NOFOLLOW: a symlink planted on a volume is not followed (the layout checks refuse them too).
+                handle = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0)), "rb", buffering=0)
         except OSError as exc:
             return self._put(FileEnd(index, 0, exc.strerror or str(exc)))
         try:
-            with os.fdopen(fd, "rb", buffering=0) as handle:
+            with handle:
                 _advise_sequential(handle.fileno())
                 while True:
                     data = handle.read(self._chunk_size)

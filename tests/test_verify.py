@@ -6,12 +6,11 @@ own copy.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ from imgbuild import layout
 from imgbuild.cli import app
 from imgbuild.engines import connect
 from imgbuild.errors import ManifestError
-from imgbuild.manifest import dump_manifest, parse_manifest
 from imgbuild.verify import VerifyOptions, verify_set
 from tests.conftest import in_ci
-from tests.support.restore_sets import (HOST_VARS, copy_set, make_set, random_images, remove_images,
-                                        unique_prefix)
+from tests.support.restore_sets import (HOST_VARS, bad_paths, copy_set, flip, make_set, manifest_of, parts_of,
+                                        random_images, remove_images, rewrite_manifest, unique_prefix)
 
 MEDIA_SIZE = 2_700_000  # 1 MiB of it is kept for metadata: ~1.6 MB of random layer bytes per volume
 
@@ -56,53 +54,11 @@ def set_copy(small_set: Path, tmp_path: Path) -> tuple[Path, list[Path]]:
     return folder, copy_set(small_set, folder)
 
 
-def _manifest(volume: Path) -> Any:
-    return parse_manifest((volume / layout.MANIFEST_NAME).read_bytes(), str(volume))
-
-
-def _parts(volumes: list[Path]) -> list[Path]:
-    return [v / f.path for v in volumes for f in _manifest(v).volume(_number(v)).files
-            if layout.PART_RE.match(f.path)]
-
-
-def _number(volume: Path) -> int:
-    parsed = layout.parse_volume_folder(volume.name)
-    assert parsed is not None
-    return parsed[1]
-
-
-def _flip(path: Path, offset: int) -> None:
-    data = bytearray(path.read_bytes())
-    data[offset] ^= 0x01
-    path.write_bytes(bytes(data))
-
-
-def _bad_paths(report: Any) -> set[str]:
-    return {p.path for p in report.problems}
-
-
-def rewrite_manifest(volumes: list[Path], change: Callable[[dict[str, Any]], None], *, check: bool = True) -> bytes:
-    """Change the manifest on every volume and keep SHA256SUMS consistent, as a careful forger would."""
-    raw = json.loads((volumes[0] / layout.MANIFEST_NAME).read_text())
-    change(raw)
-    data = (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode()
-    if check:
-        data = dump_manifest(parse_manifest(data, "test"))
-    digest = hashlib.sha256(data).hexdigest()
-    for volume in volumes:
-        (volume / layout.MANIFEST_NAME).write_bytes(data)
-        sums = volume / layout.SUMS_NAME
-        lines = [line if not line.endswith("  " + layout.MANIFEST_NAME) else f"{digest}  {layout.MANIFEST_NAME}"
-                 for line in sums.read_text().splitlines()]
-        sums.write_text("\n".join(lines) + "\n")
-    return data
-
-
 def test_intact_set_passes_with_evidence_and_sha256sum_agrees(set_copy: tuple[Path, list[Path]]) -> None:
     folder, volumes = set_copy
     report = verify_set([folder], VerifyOptions(deep=True))
     assert report.ok, report.problems
-    manifest = _manifest(volumes[0])
+    manifest = manifest_of(volumes[0])
     listed = sum(len(v.files) + 1 for v in manifest.volumes)  # + each volume's manifest copy
     assert report.files_checked == listed
     on_disc = sum(p.stat().st_size for v in volumes for p in v.rglob("*") if p.is_file()
@@ -123,13 +79,13 @@ def test_intact_set_passes_with_evidence_and_sha256sum_agrees(set_copy: tuple[Pa
 
 def test_a_flipped_byte_in_any_part_is_named(set_copy: tuple[Path, list[Path]]) -> None:
     folder, volumes = set_copy
-    parts = _parts(volumes)
+    parts = parts_of(volumes)
     assert len(parts) >= 3
     for part in parts:
         original = part.read_bytes()
-        _flip(part, len(original) // 2)
+        flip(part, len(original) // 2)
         report = verify_set([folder])
-        assert _bad_paths(report) == {str(part)}, report.problems
+        assert bad_paths(report) == {str(part)}, report.problems
         assert report.problems[0].kind == "sha256"
         part.write_bytes(original)
     assert verify_set([folder]).ok
@@ -141,7 +97,7 @@ def test_missing_extra_and_truncated_files_are_each_named(set_copy: tuple[Path, 
     missing.unlink()
     extra = volumes[0] / "blobs" / "notes.txt"
     extra.write_text("not part of the set")
-    truncated = _parts(volumes)[-1]
+    truncated = parts_of(volumes)[-1]
     with open(truncated, "r+b") as handle:
         handle.truncate(truncated.stat().st_size - 100)
     result = CliRunner().invoke(app, ["verify", str(folder)])
@@ -156,7 +112,7 @@ def test_missing_extra_and_truncated_files_are_each_named(set_copy: tuple[Path, 
 def test_a_missing_volume_is_named_and_the_others_are_still_checked(set_copy: tuple[Path, list[Path]]) -> None:
     folder, volumes = set_copy
     shutil.rmtree(volumes[1])
-    _flip(_parts([volumes[2]])[0], 10)
+    flip(parts_of([volumes[2]])[0], 10)
     report = verify_set([folder])
     assert report.volumes_missing == (2,)
     assert report.volumes_checked == tuple(n for n in range(1, len(volumes) + 1) if n != 2)
@@ -189,7 +145,7 @@ def test_sums_must_agree_with_the_manifest(set_copy: tuple[Path, list[Path]]) ->
     report = verify_set([folder])
     details = [p.detail for p in report.problems if p.kind == "sums"]
     assert any("the manifest says" in d for d in details) and any("forged.bin" in d for d in details)
-    assert _bad_paths(report) == {str(sums)}
+    assert bad_paths(report) == {str(sums)}
 
 
 def test_catalog_copy_is_the_root_of_trust(set_copy: tuple[Path, list[Path]], tmp_path: Path) -> None:
@@ -204,7 +160,7 @@ def test_catalog_copy_is_the_root_of_trust(set_copy: tuple[Path, list[Path]], tm
     assert verify_set([folder]).ok  # consistent forgery: only the catalog can tell
     report = verify_set([folder], VerifyOptions(catalog=catalog))
     assert {p.kind for p in report.problems} == {"manifest-copy", "sums"}
-    assert {str(v / layout.MANIFEST_NAME) for v in volumes} <= _bad_paths(report)
+    assert {str(v / layout.MANIFEST_NAME) for v in volumes} <= bad_paths(report)
 
 
 def test_deep_check_finds_a_layer_the_manifest_lies_about(set_copy: tuple[Path, list[Path]]) -> None:
@@ -237,7 +193,7 @@ def test_hostile_paths_are_refused_before_reading(set_copy: tuple[Path, list[Pat
 
 def test_symlinked_part_is_reported_not_followed(set_copy: tuple[Path, list[Path]], tmp_path: Path) -> None:
     folder, volumes = set_copy
-    part = _parts(volumes)[0]
+    part = parts_of(volumes)[0]
     elsewhere = tmp_path / "elsewhere.bin"
     shutil.copyfile(part, elsewhere)  # same bytes: only the link itself is wrong
     part.unlink()

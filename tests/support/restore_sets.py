@@ -6,20 +6,24 @@ sets are written by imgbuild's own archive(). Nothing here writes a set by hand.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
 import secrets
 import shutil
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 
+from imgbuild import layout
 from imgbuild.archive import ArchiveOptions, ArchiveResult, archive
 from imgbuild.engines import Engine, connect
+from imgbuild.manifest import SetManifest, dump_manifest, parse_manifest
 
 HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
 SERVE = {"port": 8080, "command": ["python3", "-m", "http.server", "8080", "-d", "/srv"],
@@ -114,3 +118,45 @@ def copy_set(source: Path, target: Path) -> list[Path]:
 
 def unique_prefix(name: str) -> str:
     return f"localhost/imgbuild-test-{name}-{secrets.token_hex(4)}"
+
+
+def manifest_of(volume: Path) -> SetManifest:
+    return parse_manifest((volume / layout.MANIFEST_NAME).read_bytes(), str(volume))
+
+
+def parts_of(volumes: list[Path]) -> list[Path]:
+    return [v / f.path for v in volumes for f in manifest_of(v).volume(volume_number(v)).files
+            if layout.PART_RE.match(f.path)]
+
+
+def volume_number(volume: Path) -> int:
+    parsed = layout.parse_volume_folder(volume.name)
+    assert parsed is not None
+    return parsed[1]
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def bad_paths(report: Any) -> set[str]:
+    return {p.path for p in report.problems}
+
+
+def rewrite_manifest(volumes: list[Path], change: Callable[[dict[str, Any]], None], *, check: bool = True) -> bytes:
+    """Change the manifest on every volume and keep SHA256SUMS consistent, as a careful forger would."""
+    raw = json.loads((volumes[0] / layout.MANIFEST_NAME).read_text())
+    change(raw)
+    data = (json.dumps(raw, indent=2, sort_keys=True) + "\n").encode()
+    if check:
+        data = dump_manifest(parse_manifest(data, "test"))
+    digest = hashlib.sha256(data).hexdigest()
+    for volume in volumes:
+        (volume / layout.MANIFEST_NAME).write_bytes(data)
+        sums = volume / layout.SUMS_NAME
+        lines = [line if not line.endswith("  " + layout.MANIFEST_NAME) else f"{digest}  {layout.MANIFEST_NAME}"
+                 for line in sums.read_text().splitlines()]
+        sums.write_text("\n".join(lines) + "\n")
+    return data
