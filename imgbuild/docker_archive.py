@@ -86,16 +86,19 @@ def manifest_json(images: Iterable[ArchiveImage]) -> bytes:
 def docker_archive(images: list[ArchiveImage], layers: dict[str, ArchiveLayer]) -> Iterator[bytes]:
     """Yield a docker-archive tar holding ``images``; ``layers`` maps diff id -> layer (each stored once).
 
-    A layer whose stream yields more or fewer bytes than its size raises LoadError before the tar would
-    become inconsistent; an exception from a layer stream propagates, and manifest.json is then never yielded.
+    Layers are emitted in the order of ``layers`` (the caller's read order, e.g. on-disc order), which must
+    hold exactly the layers the images use. A layer whose stream yields more or fewer bytes than its size
+    raises LoadError before the tar would become inconsistent; an exception from a layer stream propagates,
+    and manifest.json is then never yielded.
     """
-    order: list[str] = []
+    used = {diff_id for image in images for diff_id in image.diff_ids}
     for image in images:
         for diff_id in image.diff_ids:
             if diff_id not in layers:
                 raise LoadError(f"image {config_member(image.config)} needs layer {diff_id}, which is not in the set")
-            if diff_id not in order:
-                order.append(diff_id)
+    order = list(layers)
+    if set(order) != used:
+        raise LoadError(f"layers {sorted(set(order) - used)} are used by none of the images being loaded")
     for diff_id in order:
         yield from _member_stream(layer_member(diff_id), layers[diff_id])
     seen: set[str] = set()

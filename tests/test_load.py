@@ -39,8 +39,9 @@ def _layer(data: bytes, chunks: int = 3) -> ArchiveLayer:
 
 def test_docker_archive_is_a_tar_with_layers_first_and_manifest_last() -> None:
     shared, own = os.urandom(10_000), os.urandom(1536)
-    layers = {layer.diff_id: layer for layer in (_layer(shared), _layer(own))}
-    ids = list(layers)
+    ids = [_layer(shared).diff_id, _layer(own).diff_id]
+    # The caller's order (on-disc order) wins over the images' order: the app's own layer comes first here.
+    layers = {layer.diff_id: layer for layer in (_layer(own), _layer(shared))}
     images = [ArchiveImage(b'{"base":1}', (ids[0],)), ArchiveImage(b'{"app":1}', (ids[0], ids[1]))]
     data = b"".join(docker_archive(images, layers))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -49,6 +50,7 @@ def test_docker_archive_is_a_tar_with_layers_first_and_manifest_last() -> None:
         assert tar.extractfile(f"{ids[0][7:]}/layer.tar").read() == shared  # type: ignore[union-attr]
         assert tar.extractfile(f"{ids[1][7:]}/layer.tar").read() == own  # type: ignore[union-attr]
     assert names[-1] == "manifest.json" and len(names) == 5  # each layer once, two configs
+    assert names[:2] == [f"{ids[1][7:]}/layer.tar", f"{ids[0][7:]}/layer.tar"]
     assert [m["RepoTags"] for m in manifest] == [None, None]
     assert manifest[1]["Layers"] == [f"{ids[0][7:]}/layer.tar", f"{ids[1][7:]}/layer.tar"]
     assert manifest[1]["Config"] == hashlib.sha256(b'{"app":1}').hexdigest() + ".json"
