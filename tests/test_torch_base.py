@@ -82,19 +82,19 @@ def fish_app_recipe(folder: Path, base_recipe: Path, app_tag: str) -> Path:
     voices.mkdir(parents=True)
     (voices / "a.wav").write_bytes(b"RIFF")
     (voices / "a.lab").write_text("hello")
-    app = f"""
-app:
-  tag: {app_tag}
-  containerfile: {FISH}
-  context:
-    - {{src: fish-speech-main.zip, dest: ., extract: true, strip_components: 1}}
-    - {{src: ref_data, dest: ref_data}}
+    return with_app(folder / "fish-app.yaml", base_recipe, app_tag, FISH, """
+    - {src: fish-speech-main.zip, dest: ., extract: true, strip_components: 1}
+    - {src: ref_data, dest: ref_data}
   serve:
     command: [python3, -m, tools.api, --listen, "0.0.0.0:8080", --device, cpu]
-    health: {{method: POST, path: /v1/health}}
-"""
-    path = folder / "fish-app.yaml"
-    path.write_text(base_recipe.read_text() + app)
+    health: {method: POST, path: /v1/health}
+""")
+
+
+def with_app(path: Path, base_recipe: Path, app_tag: str, containerfile: Path, context_and_serve: str) -> Path:
+    """Write base_recipe plus an app section (its `context:` items and `serve:`) to path."""
+    path.write_text(f"{base_recipe.read_text()}\napp:\n  tag: {app_tag}\n  containerfile: {containerfile}\n"
+                    f"  context:{context_and_serve}")
     return path
 
 
@@ -110,11 +110,7 @@ def spark_app_recipe(folder: Path, base_recipe: Path, app_tag: str) -> Path:
     model = folder / "Spark-TTS-0.5B"
     (model / "BiCodec").mkdir(parents=True)
     (model / "config.yaml").write_text("sample_rate: 16000\n")
-    app = f"""
-app:
-  tag: {app_tag}
-  containerfile: {SPARK}
-  context:
+    return with_app(folder / "spark-app.yaml", base_recipe, app_tag, SPARK, f"""
     - {{src: Spark-TTS-main.zip, dest: ., extract: true, strip_components: 1}}
     - {{src: {REPO_ROOT / "runtime"}, dest: imgbuild-runtime}}
     - {{src: {REPO_ROOT / "Containerfiles" / "spark-tts"}, dest: imgbuild-spark}}
@@ -122,10 +118,7 @@ app:
     - {{src: Spark-TTS-0.5B, dest: pretrained_models/Spark-TTS-0.5B}}
   serve:
     command: [python3, imgbuild-spark/serve_spark.py, --model, pretrained_models/Spark-TTS-0.5B, --port, "8080"]
-"""
-    path = folder / "spark-app.yaml"
-    path.write_text(base_recipe.read_text() + app)
-    return path
+""")
 
 
 def post_health(engine, image: str) -> dict:
