@@ -230,7 +230,7 @@ def describe(recovery: Recovery) -> list[str]:
     """Lines for a human: each damaged file with its bad blocks, then the verdict."""
     lines = []
     for d in recovery.damaged:
-        if d.bad_blocks and len(d.bad_blocks) < d.block_count:
+        if d.bad_blocks and not d.reason.startswith("missing"):
             blocks = ", ".join(str(b) for b in d.bad_blocks[:12]) + (" ..." if len(d.bad_blocks) > 12 else "")
             lines.append(f"volume {d.volume}: {d.path}: block(s) {blocks} of {d.block_count} damaged")
         else:

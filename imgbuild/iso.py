@@ -12,6 +12,7 @@ import io
 import os
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -103,6 +104,9 @@ class ExtentReader(io.RawIOBase):
     def seekable(self) -> bool:
         return True
 
+    def fileno(self) -> int:
+        return self._fd
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         view = memoryview(buffer).cast("B")
         want = min(len(view), self._entry.size - self._pos)
@@ -144,7 +148,7 @@ class IsoVolume:
                 try:
                     self.label = iso.pvd.volume_identifier.decode("ascii", "replace").rstrip()
                     declared = iso.pvd.space_size * iso.pvd.logical_block_size()
-                    self.files = _index(iso)
+                    self.files, self.dirs = _index(iso)
                 finally:
                     iso.close()
         except pycdlib.pycdlibexception.PyCdlibException as exc:
@@ -165,11 +169,14 @@ class IsoVolume:
         return io.BufferedReader(ExtentReader(self.path, entry), buffer_size=1 << 20)
 
 
-def _index(iso: object) -> dict[str, IsoEntry]:
+def _index(iso: object) -> tuple[dict[str, IsoEntry], set[str]]:
     """Walk the image's tree and note each regular file's extent; refuse what our volumes never contain."""
     facade = "rr_path" if iso.has_rock_ridge() else ("joliet_path" if iso.has_joliet() else "iso_path")  # type: ignore[attr-defined]
     files: dict[str, IsoEntry] = {}
+    dirs: set[str] = set()
     for dirname, _dirs, names in iso.walk(**{facade: "/"}):  # type: ignore[attr-defined]
+        if dirname != "/":
+            dirs.add(dirname.strip("/"))
         for name in names:
             full = f"{dirname.rstrip('/')}/{name}"
             record = iso.get_record(**{facade: full})  # type: ignore[attr-defined]
@@ -181,7 +188,7 @@ def _index(iso: object) -> dict[str, IsoEntry]:
             if facade == "iso_path":
                 rel = rel.split(";")[0]
             files[rel] = IsoEntry(name=rel, offset=record.extent_location() * SECTOR, size=record.get_data_length())
-    return files
+    return files, dirs
 
 
 def is_iso(path: Path) -> bool:
@@ -192,7 +199,7 @@ def is_iso(path: Path) -> bool:
 def volume_opener(location: Path) -> Callable[[str], BinaryIO]:
     """Open volume-relative files of a volume that is a folder or an .iso image (no symlinks followed)."""
     if is_iso(location):
-        return IsoVolume(location).open  # type: ignore[return-value]
+        return open_iso(location).open  # type: ignore[return-value]
     from imgbuild.volumes import safe_member  # the folder rules live with the volume finder
 
     def open_member(relative: str) -> BinaryIO:
@@ -216,3 +223,83 @@ def make_volume_isos(out: Path, set_id: str, volumes: list[tuple[int, str]], reu
         else:
             images.append(make_iso(out / folder, path, label))
     return images
+
+
+# ---- .iso files as volumes for verify, load and repair (imgbuild/volumes.py dispatches here)
+
+_OPEN: dict[tuple[str, int, int], IsoVolume] = {}
+
+
+def open_iso(path: Path) -> IsoVolume:
+    """The parsed image, cached while the file is unchanged (verify and load look up many members)."""
+    st = path.stat()
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _OPEN:
+        _OPEN.clear()  # keep one: a run reads one volume after the other
+        _OPEN[key] = IsoVolume(path)
+    return _OPEN[key]
+
+
+class IsoMember:
+    """A file inside an .iso volume where verify and load expect a volume file's Path.
+
+    It offers what they use of a Path (str, name, lstat, read_bytes) plus ``open_raw`` for the reader
+    thread; it has no __fspath__, so an os call that was not taught about .iso volumes fails loudly.
+    """
+
+    def __init__(self, volume: IsoVolume, entry: IsoEntry) -> None:
+        self.volume = volume
+        self.entry = entry
+        self.name = entry.name.rsplit("/", 1)[-1]
+
+    def __str__(self) -> str:
+        return f"{self.volume.path}/{self.entry.name}"
+
+    def __repr__(self) -> str:
+        return f"IsoMember({str(self)!r})"
+
+    def lstat(self) -> os.stat_result:
+        return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, self.entry.size, 0, 0, 0))
+
+    def open_raw(self) -> ExtentReader:
+        return ExtentReader(self.volume.path, self.entry)
+
+    def read_bytes(self) -> bytes:
+        with self.open_raw() as fh:
+            return fh.read()
+
+    def read_limited(self, limit: int) -> bytes:
+        if self.entry.size > limit:
+            raise ArchiveError(f"{self}: larger than {limit} bytes")
+        return self.read_bytes()
+
+
+def iso_member(iso_path: Path, relative: str) -> IsoMember:
+    """``relative`` inside the image; FileNotFoundError when the image has no such regular file."""
+    volume = open_iso(iso_path)
+    entry = volume.files.get(relative)
+    if entry is None:
+        raise FileNotFoundError(f"{iso_path}/{relative}")
+    return IsoMember(volume, entry)
+
+
+def iso_of(path: object) -> tuple[Path, str] | None:
+    """(image, member name) when ``path`` names a file inside an .iso volume (``IMAGE.iso/NAME``)."""
+    if isinstance(path, IsoMember):
+        return path.volume.path, path.entry.name
+    if isinstance(path, Path) and is_iso(path.parent):
+        return path.parent, path.name
+    return None
+
+
+def iso_unexpected(iso_path: Path, allowed: set[str]) -> list[str]:
+    """Files and folders (ending in /) in the image that are not in ``allowed`` (folders of allowed files pass)."""
+    volume = open_iso(iso_path)
+    folders = {p.rsplit("/", 1)[0] for p in allowed if "/" in p}
+    extra = [name + "/" for name in sorted(volume.dirs) if name not in folders]
+    return extra + [name for name in sorted(volume.files) if name not in allowed]
+
+
+def volume_name(path: Path) -> str:
+    """The volume folder name a folder or an .iso image stands for (``X-vol001.iso`` -> ``X-vol001``)."""
+    return path.name[: -len(ISO_SUFFIX)] if is_iso(path) else path.name

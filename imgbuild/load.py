@@ -29,6 +29,7 @@ from imgbuild.bootstrap import find_image
 from imgbuild.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ChecksumMismatch, LoadError, UsageError
+from imgbuild.iso import is_iso
 from imgbuild.manifest import Image, Layer, Part, SetManifest
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, HashedReadAhead
@@ -251,7 +252,7 @@ class _LayerStreams:
             answer = self.options.ask_volume(VolumeRequest(number, self.located.label(number), reason))
             if answer is None:
                 raise LoadError(f"volume {self.located.label(number)} is needed and was not given")
-            if answer.is_dir() and identify_volume(answer, self.manifest) == number:
+            if (answer.is_dir() or is_iso(answer)) and identify_volume(answer, self.manifest) == number:
                 self.folders[number] = answer
                 self._check_volume(number)
                 return
@@ -340,6 +341,6 @@ def _check_part(folder: Path, part: Part) -> None:
         path = safe_member(folder, part.path)
     except FileNotFoundError:
         raise LoadError(f"{folder / part.path}: missing (volume {part.volume})") from None
-    size = os.lstat(path).st_size
+    size = path.lstat().st_size
     if size != part.size:
         raise LoadError(f"{path}: {size} bytes, the manifest says {part.size}")

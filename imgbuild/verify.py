@@ -27,6 +27,7 @@ from imgbuild.manifest import Layer, SetManifest, Volume
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, HashedReadAhead
 from imgbuild.errors import ArchiveError
+from imgbuild.iso import is_iso, iso_unexpected
 from imgbuild.volumes import LocatedSet, locate_set, safe_member
 
 
@@ -159,6 +160,9 @@ def _unexpected_entries(folder: Path, number: int, expected: set[str]) -> list[P
     allowed = expected | {layout.SUMS_NAME}
     allowed_dirs = {p.rsplit("/", 1)[0] for p in allowed if "/" in p}
     problems: list[Problem] = []
+    if is_iso(folder):
+        return [Problem("unexpected", f"{folder}/{rel}", "not listed in the manifest", number)
+                for rel in iso_unexpected(folder, allowed)]
     for root, dirs, names in os.walk(folder):
         rel_root = Path(root).relative_to(folder).as_posix()
         prefix = "" if rel_root == "." else rel_root + "/"
@@ -220,7 +224,7 @@ def _precheck(folder: Path, number: int, relative: str, size: int | None,
     except ArchiveError as exc:
         kind = "symlink" if "symbolic link" in str(exc) else "unexpected"
         return None, Problem(kind, shown, str(exc), number)
-    actual = os.lstat(path).st_size
+    actual = path.lstat().st_size
     if size is not None and actual != size:
         return None, Problem("size", shown, f"{actual} bytes, the manifest says {size}", number)
     return _Expected(number, path, relative, actual if size is None else size, sha), None

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from imgbuild import layout
 from imgbuild.errors import ArchiveError, ManifestError
+from imgbuild.iso import iso_member, iso_of, is_iso, open_iso, volume_name
 from imgbuild.manifest import SetManifest, parse_manifest
 
 
@@ -60,6 +61,9 @@ def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool]:
     found: list[Path] = []
     set_folder_given = False
     for d in dirs:
+        if is_iso(d):  # an .iso image named by the user is one volume (imgbuild/iso.py reads it)
+            found.append(d)
+            continue
         if not d.is_dir():
             raise ArchiveError(f"{d}: not a folder")
         if (d / layout.MANIFEST_NAME).exists():
@@ -78,6 +82,12 @@ def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool]:
 
 def read_small_file(path: Path, limit: int) -> bytes:
     """Read a metadata file without following a symlink and refusing anything above ``limit`` bytes."""
+    inside_iso = iso_of(path)
+    if inside_iso is not None:
+        try:
+            return iso_member(*inside_iso).read_limited(limit)
+        except OSError as exc:
+            raise ArchiveError(f"{path}: {exc.strerror or 'no such file in the image'}") from exc
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
@@ -143,7 +153,7 @@ def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
     By folder name when it is a volume folder name; else by its README.txt, which differs between volumes
     ("volume k of N") and whose sha256 the manifest lists; else by the part files it holds or lists.
     """
-    parsed = layout.parse_volume_folder(folder.name)
+    parsed = layout.parse_volume_folder(volume_name(folder))
     if parsed is not None:
         set_id, number = parsed
         if set_id == manifest.set_id and number <= manifest.volume_count:
@@ -155,7 +165,7 @@ def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
         return by_readme
     owners = {f.path: v.number for v in manifest.volumes for f in v.files if layout.PART_RE.match(f.path)}
     for path, number in owners.items():
-        if os.path.lexists(folder / path):
+        if (path in open_iso(folder).files) if is_iso(folder) else os.path.lexists(folder / path):
             return number
     try:
         sums = read_small_file(folder / layout.SUMS_NAME, layout.MAX_MANIFEST_BYTES).decode("utf-8", "replace")
@@ -183,7 +193,10 @@ def safe_member(folder: Path, relative: str) -> Path:
 
     ``relative`` already matched the layout's patterns (no "..", not absolute); this guards against a
     volume whose ``blobs`` folder or part file was replaced by a symlink pointing elsewhere.
+    An .iso volume gives an IsoMember instead (its index refuses symlinks when the image is opened).
     """
+    if is_iso(folder):
+        return iso_member(folder, relative)  # type: ignore[return-value]
     path = folder
     parts = relative.split("/")
     for index, name in enumerate(parts):

@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild import layout
+from imgbuild.archive import ArchiveOptions, archive
+from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError
 from imgbuild.iso import IsoVolume, is_iso, make_iso, volume_label
+from imgbuild.load import load_set
+from imgbuild.repair import RepairOptions, repair_set
+from imgbuild.verify import verify_set
+from tests.support.synthetic_set import import_random_image
 
 needs_xorriso = pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso is not installed")
 
@@ -104,3 +111,48 @@ def test_not_an_iso_is_refused(tmp_path: Path) -> None:
 def test_bad_label_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="d-characters"):
         make_iso(tmp_path, tmp_path / "x.iso", "lower case")
+
+
+# ---------------------------------------------------------------- a real set as ISO images
+
+MIB = 1024 * 1024
+
+
+@needs_xorriso
+def test_archive_iso_images_read_back_verify_load_and_repair(engine: Engine, unique_tag, cleanup,
+                                                             tmp_path: Path) -> None:
+    tag = cleanup.image(unique_tag("iso"))
+    image_id = cleanup.image(import_random_image(engine, tag, 6 * MIB))
+    out = tmp_path / "out"
+    result = archive(engine, [tag], ArchiveOptions(out=out, media=None, media_size=MIB + 2 * MIB + 512 * 1024,
+                                                   parity=1, iso=True, catalog=tmp_path / "catalog"))
+    assert len(result.isos) == len(result.volumes) >= 3
+    isos = []
+    for number, (folder, iso) in enumerate(zip(result.volumes, result.isos), start=1):
+        assert iso == folder.with_name(folder.name + ".iso")
+        volume = IsoVolume(iso)
+        assert volume.label == volume_label(result.set_id, number)
+        # Every file in the image passes SHA256SUMS, read by imgbuild's reader ...
+        sums = volume.open(layout.SUMS_NAME).read().decode()
+        listed = {line[66:]: line[:64] for line in sums.splitlines()}
+        assert set(listed) | {layout.SUMS_NAME} == set(volume.files)
+        for name, digest in listed.items():
+            with volume.open(name) as fh:
+                assert hashlib.sha256(fh.read()).hexdigest() == digest, (iso, name)
+        # ... and by xorriso's extractor, then coreutils.
+        extracted = tmp_path / "x" / folder.name
+        subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(iso), "-extract", "/", str(extracted)],
+                       check=True, capture_output=True)
+        subprocess.run(["sha256sum", "-c", "--quiet", layout.SUMS_NAME], cwd=extracted, check=True)
+        isos.append(iso)
+
+    assert verify_set(isos).ok
+    engine.api.remove_image(tag, force=True)
+    loaded = load_set(engine, isos)
+    assert [i.id for i in loaded.images] == [image_id]
+
+    # A lost disc: rebuilt from the other images, as a folder and an image.
+    lost = isos.pop(1)
+    repaired = repair_set(isos, RepairOptions(out=tmp_path / "repaired", iso=True))
+    assert [p.name for p in repaired.isos] == [lost.name]
+    assert verify_set(isos + list(repaired.isos)).ok

@@ -6,13 +6,10 @@ spreads over four data volumes); the unit tests use a synthetic set (tests/suppo
 
 from __future__ import annotations
 
-import io
 import json
-import os
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -27,7 +24,7 @@ from imgbuild.manifest import SetManifest, parse_manifest
 from imgbuild.parity import ParityOptions, add_parity_volumes
 from imgbuild.repair import RepairOptions, repair_set
 from imgbuild.verify import verify_set
-from tests.support.synthetic_set import make_set, write_metadata
+from tests.support.synthetic_set import import_random_image, make_set, write_metadata
 
 MIB = 1024 * 1024
 PAYLOAD = 12 * MIB
@@ -50,20 +47,10 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture
 def random_image(engine: Engine, unique_tag, cleanup) -> tuple[str, str]:
     """(tag, id) of a one-layer image imported from a tar of random bytes."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        data = os.urandom(PAYLOAD)
-        info = tarfile.TarInfo("data/blob.bin")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    reply = engine.api.import_image_from_data(buffer.getvalue())
-    last = json.loads(reply.strip().splitlines()[-1]) if isinstance(reply, str) else reply
-    image_id = last.get("status") or last.get("id")
     tag = cleanup.image(unique_tag("parity"))
-    repo, version = tag.rsplit(":", 1)
-    engine.api.tag(image_id, repo, version)
+    image_id = import_random_image(engine, tag, PAYLOAD)
     cleanup.image(image_id)
-    return tag, str(engine.api.inspect_image(tag)["Id"])
+    return tag, image_id
 
 
 def _archive(engine: Engine, tag: str, out: Path, parity: int, iso: bool = False) -> SetManifest:

@@ -71,3 +71,21 @@ def write_metadata(out: Path, manifest: SetManifest) -> None:
         (folder / layout.MANIFEST_NAME).write_bytes(data)
         lines = [f"{f.sha256}  {f.path}\n" for f in volume.files] + [f"{digest}  {layout.MANIFEST_NAME}\n"]
         (folder / layout.SUMS_NAME).write_text("".join(lines))
+
+
+def import_random_image(engine: object, tag: str, size: int) -> str:
+    """Import a one-layer image holding ``size`` random bytes (zstd cannot shrink it); returns its id."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("data/blob.bin")
+        info.size = size
+        tar.addfile(info, io.BytesIO(os.urandom(size)))
+    reply = engine.api.import_image_from_data(buffer.getvalue())  # type: ignore[attr-defined]
+    last = json.loads(reply.strip().splitlines()[-1]) if isinstance(reply, str) else reply
+    image_id = last.get("status") or last.get("id")
+    repo, version = tag.rsplit(":", 1)
+    engine.api.tag(image_id, repo, version)  # type: ignore[attr-defined]
+    return str(engine.api.inspect_image(tag)["Id"])  # type: ignore[attr-defined]
