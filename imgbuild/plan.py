@@ -14,7 +14,7 @@ import os
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imgbuild.build import rootfs_tag
@@ -208,7 +208,9 @@ def _entry_key(entry: HubCheckpoint | LocalCheckpoint) -> dict[str, Any]:
 def _checkpoints(loaded: LoadedRecipe, lock: Lock | None, endpoint: str) -> list[PlannedCheckpoint]:
     out: list[PlannedCheckpoint] = []
     for entry in loaded.recipe.app.checkpoints if loaded.recipe.app else []:
-        found = lock.find(_entry_key(entry), entry.dest.strip("/")) if lock else None
+        # The lock stores dest normalized (no "./", no trailing "/"), as `download` writes it.
+        dest = str(PurePosixPath(*PurePosixPath(entry.dest).parts)) if entry.dest else entry.dest
+        found = lock.find(_entry_key(entry), dest) if lock else None
         if isinstance(entry, HubCheckpoint):
             files = tuple((f.path, f.size) for f in found.files) if found else ()
             out.append(PlannedCheckpoint("hub", f"{entry.repo}@{entry.revision}", entry.dest, tuple(entry.include),

@@ -57,7 +57,7 @@ app:
     - {src: ref_data, dest: ref_data}
   checkpoints:
     - {path: lora, include: ["*.pth", "*.json"], dest: checkpoints/lora}
-    - {repo: org/model, include: [model.pth], dest: checkpoints/model}
+    - {repo: org/model, include: [model.pth], dest: ./checkpoints/model/}  # stored as checkpoints/model
   serve:
     command: [python3, -m, tools.api, --listen, "0.0.0.0:8080"]
 """
