@@ -160,9 +160,25 @@ def _build_layer(loaded: LoadedRecipe, engine: Engine, role: str, from_ref: str,
     return ImageResult(role, layer.tag, image_id, False, digest, time.monotonic() - t0)
 
 
+# Podman's layer-cache lookup fails this way when another client removes an image during the lookup (shared
+# engines, tests cleaning up in parallel). The build itself is fine; running it again succeeds.
+_STORAGE_RACE = re.compile(r"(layer|image) not known")
+
+
 def run_build(engine: Engine, context: Path, tag: str, args: dict[str, str], labels: dict[str, str], *,
               nocache: bool = False, task: str = "build", progress: ProgressCallback = no_progress) -> str:
     """Run one build through the low-level API, streaming its log; return the image id."""
+    try:
+        return _run_build_once(engine, context, tag, args, labels, nocache, task, progress)
+    except BuildFailed as exc:
+        if engine.kind != "podman" or not _STORAGE_RACE.search(exc.reason):
+            raise
+        progress(ProgressEvent(task=task, message=f"podman storage race ({exc.reason}); building again"))
+        return _run_build_once(engine, context, tag, args, labels, nocache, task, progress)
+
+
+def _run_build_once(engine: Engine, context: Path, tag: str, args: dict[str, str], labels: dict[str, str],
+                    nocache: bool, task: str, progress: ProgressCallback) -> str:
     tail: list[str] = []
     step = None
     pending = ""
