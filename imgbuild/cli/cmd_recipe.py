@@ -50,7 +50,7 @@ def render_build(result: BuildResult) -> Table:
     table = Table(title=f"recipe {result.recipe} on {result.engine['kind']} {result.engine['version']}",
                   title_justify="left")
     for column in ("role", "tag", "id", "cached", "seconds"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # a tag is copied from here: never cut it short
     for image in result.images:
         table.add_row(image.role, image.tag, image.id.removeprefix("sha256:")[:12],
                       "yes" if image.cached else "built", f"{image.seconds:.1f}")
