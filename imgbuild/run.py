@@ -154,7 +154,7 @@ def start_service(engine: Engine, image: Image, serve: Serve, options: RunOption
     except docker.errors.APIError as exc:
         raise LoadError(f"cannot start {image.id}: {exc.explanation or exc}") from exc
     with _removed_on_failure(engine, container.id):
-        port = _published_port(container, container_port)
+        port = _published_port(engine, container, container_port)
         host = "127.0.0.1" if options.bind in ("0.0.0.0", "", "::") else options.bind
         host = f"[{host}]" if ":" in host else host
         url = f"http://{host}:{port}/"
@@ -175,16 +175,22 @@ def _removed_on_failure(engine: Engine, container_id: str) -> Iterator[None]:
         raise
 
 
-def _published_port(container: Any, container_port: str) -> int:
+def _published_port(engine: Engine, container: Any, container_port: str) -> int:
     for _ in range(50):
         container.reload()
         bindings = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(container_port)
         if bindings and bindings[0].get("HostPort"):
             return int(bindings[0]["HostPort"])
         if container.status in ("exited", "dead"):
-            break
+            _raise_exited(engine, container.id, "no answer yet")
         time.sleep(0.1)
     raise LoadError(f"container {container.id[:12]} did not publish {container_port} ({container.status})")
+
+
+def _raise_exited(engine: Engine, container_id: str, last: str) -> None:
+    code = engine.api.inspect_container(container_id)["State"].get("ExitCode")
+    raise LoadError(f"the service exited with code {code} before it was healthy ({last})\n"
+                    f"{_log_tail(engine, container_id)}")
 
 
 def wait_healthy(engine: Engine, container_id: str, url: str, serve: Serve, timeout: float,
@@ -196,8 +202,7 @@ def wait_healthy(engine: Engine, container_id: str, url: str, serve: Serve, time
         elapsed = time.monotonic() - started
         state = engine.api.inspect_container(container_id)["State"]
         if not state.get("Running"):
-            raise LoadError(f"the service exited with code {state.get('ExitCode')} before it was healthy "
-                            f"({last})\n{_log_tail(engine, container_id)}")
+            _raise_exited(engine, container_id, last)
         try:
             answer = requests.request(serve.health.method, url, timeout=min(5.0, serve.health.interval + 4))
             if answer.status_code == serve.health.expect_status:
