@@ -2,7 +2,8 @@
 
 One save of all images, so a layer shared by several images is read once; each layer is hashed
 (uncompressed, its diff id), compressed by zstd's worker threads and cut into parts by the volume writer,
-which hashes the compressed bytes as it writes them. Nothing is read back. The set id is derived from the
+which hashes the compressed bytes as it writes them (imgbuild/layer_pipeline.py runs these stages side by
+side). Nothing is read back. The set id is derived from the
 image ids and the options, so rerunning the same command after an interruption finds the same set: a
 complete set is reported as it is, the leftovers of an interrupted one are removed and the set is written
 again. FORMAT.md describes what ends up on disc.
@@ -13,14 +14,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
-
-import zstandard
 
 import imgbuild
 from imgbuild import layout
@@ -28,16 +26,15 @@ from imgbuild.archive_sources import ResolvedSources, resolve_sources
 from imgbuild.blockhash import BLOCK_SIZE
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ImgbuildError, UsageError
-from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Layer, Media, SetManifest, Tool,
+from imgbuild.layer_pipeline import LONG_WINDOW_LOG, LayerArchiver, make_compressor
+from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Media, SetManifest, Tool,
                                Volume, dump_manifest, parse_manifest)
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.save_stream import SavedArchive, read_save_stream
 from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
 from imgbuild.volume_writer import VolumeState, VolumeWriter, file_cost, write_file_atomic
 
-LONG_WINDOW_LOG = 27  # the largest window plain `zstd -d` accepts without --long
-SAVE_CHUNK = 1024 * 1024
-_PODMAN_LAYER = re.compile(r"^([0-9a-f]{64})\.tar$")
+SAVE_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -157,42 +154,14 @@ def _with_isos(result: ArchiveResult, manifest: SetManifest, options: ArchiveOpt
 def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, profile: str, capacity: int,
                options: ArchiveOptions, progress: ProgressCallback) -> SetManifest:
     task = f"archive {writer.set_id}"
-    compressor = _compressor(options)
-    layers: list[Layer] = []
-    stored: set[str] = set()
-    done = 0
-
-    def on_layer(name: str, size: int, chunks: Iterator[bytes]) -> str:
-        nonlocal done
-        hint = _PODMAN_LAYER.match(name.rsplit("/", 1)[-1])
-        if hint and "sha256:" + hint[1] in stored:
-            return _hash_only(name, hint[1], chunks)
-        number = len(layers) + 1
-        sink = writer.layer(number)
-        digest = hashlib.sha256()
-        stream = compressor.compressobj(size=size)
-        try:
-            for chunk in chunks:
-                digest.update(chunk)
-                sink.write(stream.compress(chunk))
-                done += len(chunk)
-                progress(ProgressEvent(task=task, done=done, total=resolved.total_size))
-            sink.write(stream.flush())
-        except BaseException:
-            sink.abort()
-            raise
-        diff_id = "sha256:" + digest.hexdigest()
-        if diff_id in stored:
-            sink.abort()  # the same layer under another name: stored once per set
-            return diff_id
-        parts, compressed_size, compressed_sha = sink.commit()
-        layers.append(Layer(number=number, diff_id=diff_id, size=size, compressed_size=compressed_size,
-                            compressed_sha256=compressed_sha, parts=parts))
-        stored.add(diff_id)
-        return diff_id
-
+    compressor = make_compressor(options.level, options.long, options.threads)
+    archiver = LayerArchiver(writer, compressor, progress, task, resolved.total_size)
     progress(ProgressEvent(task=task, done=0, total=resolved.total_size))
-    saved = read_save_stream(_save_stream(engine, [image.ref for image in resolved.images]), on_layer)
+    try:
+        saved = read_save_stream(_save_stream(engine, [image.ref for image in resolved.images]), archiver)
+    finally:
+        archiver.close()
+    layers, stored = archiver.layers, archiver.stored
     images, configs = _images(resolved, saved, stored)
     used = {d for image in images for d in image.layers}
     if used != stored:
@@ -236,23 +205,6 @@ def _write_metadata_tail(writer: VolumeWriter, manifest_bytes: bytes) -> None:
     writer.check_capacity(sizes)
 
 
-def _compressor(options: ArchiveOptions) -> zstandard.ZstdCompressor:
-    params = zstandard.ZstdCompressionParameters.from_level(
-        options.level, threads=options.threads, write_checksum=1, write_content_size=1,
-        enable_ldm=1 if options.long else 0, window_log=LONG_WINDOW_LOG if options.long else 0)
-    return zstandard.ZstdCompressor(compression_params=params)
-
-
-def _hash_only(name: str, expected: str, chunks: Iterator[bytes]) -> str:
-    """A layer the set already holds (Podman names layers by diff id): read past it, but check the name."""
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    if digest.hexdigest() != expected:
-        raise ArchiveError(f"the engine's save stream member {name} does not hash to the diff id its name says")
-    return "sha256:" + expected
-
-
 def _save_stream(engine: Engine, refs: list[str]) -> Iterator[bytes]:
     """GET /images/get?names=...: one docker-archive tar of all images (the SDK saves only one at a time)."""
     api = engine.api
@@ -263,7 +215,17 @@ def _save_stream(engine: Engine, refs: list[str]) -> Iterator[bytes]:
         raise
     except Exception as exc:
         raise ArchiveError(f"the engine refused to save {', '.join(refs)}: {exc}") from exc
-    return response.iter_content(SAVE_CHUNK)
+    return _read_big(response.raw)
+
+
+def _read_big(raw: Any) -> Iterator[bytes]:
+    """Large reads: engines send the stream in 32 KiB HTTP chunks, and handing each one to the compressor
+    separately costs more in Python overhead and GIL switches than the compression itself."""
+    while True:
+        data = raw.read(SAVE_CHUNK)
+        if not data:
+            return
+        yield data
 
 
 def _images(resolved: ResolvedSources, saved: SavedArchive, stored: set[str]) -> tuple[list[Image], list[bytes]]:

@@ -199,9 +199,31 @@ def test_archive_dedups_verifies_and_restores_without_imgbuild(engine: Engine, t
         assert engine.api.inspect_image(tag)["Id"] == image_id
 
 
+def _recipe(folder: Path, base: str, app: str) -> Path:
+    """A recipe naming two existing images as its base and app layers, with a checkpoint lock beside it."""
+    recipe = folder / "arch.yaml"
+    recipe.write_text(f"""apiVersion: imgbuild/v1
+kind: Recipe
+metadata:
+  name: arch-test
+base:
+  tag: {base}
+  bootstrap:
+    suite: bookworm
+app:
+  tag: {app}
+  serve:
+    port: 8080
+""")
+    (folder / "arch.lock.json").write_text('{"version": 1, "checkpoints": []}\n')
+    return recipe
+
+
 def test_killed_archive_leaves_nothing_final_and_a_rerun_completes(engine: Engine, two_apps, tmp_path: Path) -> None:
+    """The CLI on a recipe is killed mid-layer; the same command then completes the set."""
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "imgbuild", "archive", two_apps[0][0], "--out", str(out),
+    recipe = _recipe(tmp_path, two_apps[0][0], two_apps[1][0])
+    command = [sys.executable, "-m", "imgbuild", "archive", str(recipe), "--out", str(out),
                "--media-size", str(MEDIA_SIZE), "--catalog", str(tmp_path / "catalog"),
                "--engine", engine.kind, "--host", engine.host, "--json"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -225,4 +247,7 @@ def test_killed_archive_leaves_nothing_final_and_a_rerun_completes(engine: Engin
     assert len(volumes) >= 3
     assert sorted(out.iterdir()) == sorted(volumes)  # the leftovers of the killed run are gone
     _check_volumes(volumes, MEDIA_SIZE)
-    parse_manifest((volumes[-1] / layout.MANIFEST_NAME).read_bytes(), "rerun")
+    manifest = parse_manifest((volumes[-1] / layout.MANIFEST_NAME).read_bytes(), "rerun")
+    assert [(i.id, i.role) for i in manifest.images] == [(two_apps[0][1], "base"), (two_apps[1][1], "app")]
+    assert manifest.recipe is not None and manifest.recipe.recipe.text == recipe.read_text()
+    assert manifest.recipe.checkpoints_lock is not None and manifest.name == "arch-test"
