@@ -1,7 +1,7 @@
 #!/bin/sh
 # Start or stop a private Podman API service and a private Docker Engine for tests and the demo.
 #   scripts/engines.sh start [podman|docker|both]   prints export lines for DOCKER_HOST-style variables
-#   scripts/engines.sh stop
+#   scripts/engines.sh stop [podman|docker|both]
 #   scripts/engines.sh env                           prints the export lines again
 # State lives under $IMGBUILD_ENGINES_DIR (default /run/imgbuild-engines).
 # Quirks handled (see shared notes on these machines): crun cannot run under hybrid cgroups and the
@@ -96,6 +96,12 @@ case "$cmd" in
         esac
         print_env ;;
     env) print_env ;;
-    stop) stop_one podman; stop_one docker; rm -f "$podman_sock" "$docker_sock" ;;
-    *) echo "usage: $0 start [podman|docker|both] | env | stop" >&2; exit 2 ;;
+    stop)
+        case "$which" in
+            podman) stop_one podman; rm -f "$podman_sock" ;;
+            docker) stop_one docker; rm -f "$docker_sock" ;;
+            both) stop_one podman; stop_one docker; rm -f "$podman_sock" "$docker_sock" ;;
+            *) echo "usage: $0 stop [podman|docker|both]" >&2; exit 2 ;;
+        esac ;;
+    *) echo "usage: $0 start [podman|docker|both] | env | stop [podman|docker|both]" >&2; exit 2 ;;
 esac

@@ -20,7 +20,7 @@ from imgbuild.errors import BuildFailed
 from imgbuild.recipe import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO = REPO / "recipes" / "demo.yaml"
+DEMO = REPO / "tests" / "recipes" / "http-app.yaml"  # the first demo: a tiny HTTP server as the app
 
 
 def demo_copy(tmp_path: Path, unique_tag, name: str = "demo") -> Path:
@@ -28,7 +28,7 @@ def demo_copy(tmp_path: Path, unique_tag, name: str = "demo") -> Path:
     text = DEMO.read_text()
     text = text.replace("localhost/imgbuild-demo-base:1", unique_tag(f"{name}-base"))
     text = text.replace("localhost/imgbuild-demo-app:1", unique_tag(f"{name}-app"))
-    text = text.replace("src: demo/", f"src: {REPO}/recipes/demo/")
+    text = text.replace("src: http-app/", f"src: {REPO}/tests/recipes/http-app/")
     path = tmp_path / "demo.yaml"
     path.write_text(text)
     return path
@@ -161,8 +161,9 @@ def test_demo_builds_labels_runs_and_caches(engine, cleanup, unique_tag, tmp_pat
 
     # A changed app file rebuilds the app layer only; the base is reused.
     changed = tmp_path / "server.py"
-    changed.write_text((REPO / "recipes/demo/server.py").read_text() + "\n# changed\n")
-    recipe_text = (tmp_path / "demo.yaml").read_text().replace(f"{REPO}/recipes/demo/server.py", str(changed))
+    server = REPO / "tests/recipes/http-app/server.py"
+    changed.write_text(server.read_text() + "\n# changed\n")
+    recipe_text = (tmp_path / "demo.yaml").read_text().replace(str(server), str(changed))
     (tmp_path / "demo.yaml").write_text(recipe_text)
     third = build_recipe(load_recipe(tmp_path / "demo.yaml"), engine, BuildOptions())
     assert third.image("base").cached and third.image("base").id == base.id

@@ -46,8 +46,8 @@ def test_check_ok_text_and_json() -> None:
 
 def test_check_misspelled_key_prints_position_and_suggestion(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    text = (REPO / "recipes" / "demo.yaml").read_text().replace("  bootstrap:", "  bootstrp:")
-    bad.write_text(text.replace("src: demo/", f"src: {REPO}/recipes/demo/"))
+    text = (REPO / "tests" / "recipes" / "http-app.yaml").read_text().replace("  bootstrap:", "  bootstrp:")
+    bad.write_text(text.replace("src: http-app/", f"src: {REPO}/tests/recipes/http-app/"))
     line = next(i for i, ln in enumerate(text.splitlines(), 1) if "bootstrp" in ln)
     result = runner.invoke(app, ["check", str(bad)])
     assert result.exit_code == 1

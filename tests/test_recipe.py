@@ -44,7 +44,9 @@ def test_demo_recipe_loads() -> None:
     assert r.base.bootstrap is not None and r.base.bootstrap.suite == "bookworm"
     assert r.app is not None and r.app.from_ == "base" and r.app.serve.health.path == "/health"
     assert loaded.folder == (REPO / "recipes").resolve()
-    assert loaded.resolve("demo/server.py").is_file()
+    assert loaded.resolve("../runtime/pyproject.toml").is_file()
+    voice = r.app.checkpoints[0]
+    assert (voice.repo, voice.dest) == ("rhasspy/piper-voices", "voice") and voice.include
 
 
 def test_minimal_recipe_gets_defaults(tmp_path: Path) -> None:
