@@ -71,6 +71,9 @@ def resolve_sources(engine: Engine, sources: list[str]) -> ResolvedSources:
     """Sources are one recipe file or image references (tags or ids), in the order given."""
     if not sources:
         raise UsageError("name a recipe or at least one image to archive")
+    missing = [s for s in sources if s.endswith(RECIPE_SUFFIXES) and not Path(s).is_file()]
+    if missing:
+        raise UsageError(f"recipe {missing[0]} does not exist")
     recipes = [s for s in sources if _is_recipe(s)]
     recipe_info = None
     if recipes:
