@@ -14,11 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zfec
-
-from imgbuild.blockhash import BlockHasher
 
 SCHEME = "zfec-rs-gf256"
 GF_POLYNOMIAL = 0x11D
@@ -57,11 +55,13 @@ Opener = Callable[[str], BinaryIO]
 class PayloadStream:
     """A volume's payload as one byte stream: its payload files back to back, zeros after their end."""
 
-    def __init__(self, segments: Sequence[Segment], opener: Opener, hash_files: bool = False) -> None:
+    def __init__(self, segments: Sequence[Segment], opener: Opener,
+                 hasher: Callable[[], Any] | None = None) -> None:
         self.segments = list(segments)
-        # With hash_files, reads must be sequential from 0; each file's sha256 and block hashes are then
-        # computed on the way (archive checks its data files did not change before parity was made).
-        self.hashers = [BlockHasher() for _ in self.segments] if hash_files else None
+        # With a hasher (hashlib.sha256 or BlockHasher), reads must be sequential from 0; each file is then
+        # hashed on the way (archive checks its data files did not change before parity was made).
+        self.hashers = [hasher() for _ in self.segments] if hasher else None
+        self.hashed = [0] * len(self.segments)
         self.length = sum(s.size for s in self.segments)
         self._opener = opener
         self._files: dict[str, BinaryIO] = {}
@@ -100,9 +100,10 @@ class PayloadStream:
                 raise OSError(f"{seg.name}: shorter than its {seg.size} bytes")
             out[lo - offset:hi - offset] = data
             if self.hashers is not None:
-                if self.hashers[index].size != lo - start:
-                    raise ValueError("hash_files needs sequential reads")
+                if self.hashed[index] != lo - start:
+                    raise ValueError("hashing needs sequential reads")
                 self.hashers[index].update(data)
+                self.hashed[index] += len(data)
         return bytes(out)
 
 
@@ -112,6 +113,26 @@ def chunks(length: int, chunk: int = CHUNK, start: int = 0) -> Iterator[tuple[in
         yield offset, min(chunk, length - offset)
 
 
+def read_ahead(streams: Sequence[PayloadStream], pieces: Sequence[tuple[int, int]]) -> Iterator[list[bytes]]:
+    """The blocks of ``streams`` at each (offset, size) piece, read in parallel threads one piece ahead.
+
+    File reads and zfec release the GIL, so reading the next piece overlaps with coding this one.
+    """
+    if not pieces:
+        return
+    with ThreadPoolExecutor(max_workers=min(8, len(streams) + 1)) as pool:
+
+        def submit(offset: int, size: int) -> list:
+            return [pool.submit(s.read_at, offset, size) for s in streams]
+
+        ahead = submit(*pieces[0])
+        for index in range(len(pieces)):
+            blocks = [f.result() for f in ahead]
+            if index + 1 < len(pieces):
+                ahead = submit(*pieces[index + 1])
+            yield blocks
+
+
 def encode_streams(
     data: Sequence[PayloadStream],
     n_parity: int,
@@ -119,30 +140,17 @@ def encode_streams(
     on_chunk: Callable[[int], None] | None = None,
     chunk: int = CHUNK,
 ) -> int:
-    """Feed each parity stream to its sink, chunk by chunk; returns the parity stream length L.
-
-    The N data streams are read in parallel threads (file reads and zfec release the GIL), so reading
-    the next chunk overlaps with encoding this one.
-    """
+    """Feed each parity stream to its sink, chunk by chunk; returns the parity stream length L."""
     n_data = len(data)
     encoder = zfec.Encoder(n_data, n_data + n_parity)
     wanted = tuple(range(n_data, n_data + n_parity))
     length = max(s.length for s in data)
-    with ThreadPoolExecutor(max_workers=min(8, n_data + 1)) as pool:
-
-        def read(offset: int, size: int) -> list:
-            return [pool.submit(s.read_at, offset, size) for s in data]
-
-        pieces = list(chunks(length, chunk))
-        ahead = read(*pieces[0]) if pieces else []
-        for index, (offset, size) in enumerate(pieces):
-            blocks = tuple(f.result() for f in ahead)
-            if index + 1 < len(pieces):
-                ahead = read(*pieces[index + 1])
-            for sink, out in zip(sinks, encoder.encode(blocks, wanted)):
-                sink(bytes(out))
-            if on_chunk:
-                on_chunk(offset + size)
+    pieces = list(chunks(length, chunk))
+    for (offset, size), blocks in zip(pieces, read_ahead(data, pieces)):
+        for sink, out in zip(sinks, encoder.encode(tuple(blocks), wanted)):
+            sink(bytes(out))
+        if on_chunk:
+            on_chunk(offset + size)
     return length
 
 

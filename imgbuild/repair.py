@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from imgbuild import erasure, layout
-from imgbuild.blockhash import BlockHasher
 from imgbuild.damage import Recovery, assess, describe, file_offsets, pick_sources, volume_locations
 from imgbuild.errors import ArchiveError, ChecksumMismatch
 from imgbuild.iso import make_volume_isos, volume_opener
@@ -194,8 +193,10 @@ class _Rebuild:
         try:
             for stretch in stretches:
                 sources = pick_sources(self.manifest, stretch.bad)
-                for offset, size in erasure.chunks(stretch.end, self.options.chunk_size, stretch.start):
-                    have = {v - 1: streams[v].read_at(offset, size) for v in sources}
+                pieces = list(erasure.chunks(stretch.end, self.options.chunk_size, stretch.start))
+                blocks = erasure.read_ahead([streams[v] for v in sources], pieces)
+                for (offset, size), read in zip(pieces, blocks):
+                    have = {v - 1: block for v, block in zip(sources, read)}
                     tick = time.monotonic()
                     out = erasure.rebuild(n, m, have, [v - 1 for v in sorted(stretch.bad)])
                     seconds += time.monotonic() - tick
@@ -241,7 +242,7 @@ class _Rebuild:
 
     def _seal(self, staging: Path, number: int, entry: FileEntry) -> None:
         fd = self.fds.pop((number, entry.path))
-        hasher = BlockHasher()
+        hasher = hashlib.sha256()
         offset = 0
         try:
             while offset < entry.size:
