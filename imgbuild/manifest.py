@@ -255,6 +255,17 @@ def _check_format2(m: SetManifest) -> None:
             raise _Fail(f"volumes[{v_index}].files", f"parity parts must add up to {p.length}, each <= MAX_PART_SIZE")
 
 
+def _in_order(where: str, number: int, index: int) -> None:
+    if number != index + 1:
+        raise _Fail(f"{where}.number", f"is {number}, expected {index + 1} (listed in order)")
+
+
+def _once(seen: set[str], value: str, field: str) -> None:
+    if value in seen:
+        raise _Fail(field, f"{value} is listed twice")
+    seen.add(value)
+
+
 def _volume_files(m: SetManifest) -> dict[tuple[int, str], FileEntry]:
     return {(v.number, f.path): f for v in m.volumes for f in v.files}
 
@@ -265,11 +276,8 @@ def _check_layers(m: SetManifest) -> None:
     diff_ids: set[str] = set()
     for l_index, layer in enumerate(m.layers):
         where = f"layers[{l_index}]"
-        if layer.number != l_index + 1:
-            raise _Fail(f"{where}.number", f"is {layer.number}, expected {l_index + 1}")
-        if layer.diff_id in diff_ids:
-            raise _Fail(f"{where}.diff_id", f"{layer.diff_id} is listed twice")
-        diff_ids.add(layer.diff_id)
+        _in_order(where, layer.number, l_index)
+        _once(diff_ids, layer.diff_id, f"{where}.diff_id")
         if len(layer.parts) > layout.MAX_PARTS_PER_LAYER:
             raise _Fail(f"{where}.parts", f"has {len(layer.parts)} parts, at most {layout.MAX_PARTS_PER_LAYER}")
         offset = 0
@@ -307,11 +315,8 @@ def _check_images(m: SetManifest) -> None:
     files = _volume_files(m)
     for i_index, image in enumerate(m.images):
         where = f"images[{i_index}]"
-        if image.number != i_index + 1:
-            raise _Fail(f"{where}.number", f"is {image.number}, expected {i_index + 1}")
-        if image.id in ids:
-            raise _Fail(f"{where}.id", f"{image.id} is listed twice")
-        ids.add(image.id)
+        _in_order(where, image.number, i_index)
+        _once(ids, image.id, f"{where}.id")
         for tag in image.tags:
             if tag in tags or ".." in tag:
                 raise _Fail(f"{where}.tags", f"{tag!r} is listed twice or is not a plain reference")

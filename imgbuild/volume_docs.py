@@ -173,7 +173,7 @@ set -eu
 SET_ID=@SET_ID@
 engine=""
 tmpbase=${TMPDIR:-/tmp}
-usage() { sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "restore.sh: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
