@@ -1,9 +1,9 @@
 """A docker-archive tar (the format of `docker save` / `podman save`) built on the fly, for the engines' load API.
 
-Both Docker Engine 20.10 and Podman 4.3 accept `POST /images/load` with a chunked body produced by a Python
-generator: neither needs a seekable or sized body (both copy the body into their own temporary storage before
-importing). Tar headers need each member's size up front; the set manifest records every layer's
-uncompressed size, so the stream can be produced without a temporary copy.
+Both Docker Engine 20.10 and Podman 4.3 accept `POST /images/load` with a body produced by a Python iterable,
+chunked or with a Content-Length: neither needs a seekable body (both copy the body into their own temporary
+storage before importing). Tar headers need each member's size up front; the set manifest records every
+layer's uncompressed size, so the stream, and its exact length, are known without a temporary copy.
 
 Why the member order is layers, then configs, then manifest.json last, and why RepoTags is null:
 an engine imports nothing until it has read manifest.json, and both engines accept a tar that simply ends
@@ -83,36 +83,57 @@ def manifest_json(images: Iterable[ArchiveImage]) -> bytes:
     return json.dumps(entries, separators=(",", ":")).encode()
 
 
-def docker_archive(images: list[ArchiveImage], layers: dict[str, ArchiveLayer]) -> Iterator[bytes]:
-    """Yield a docker-archive tar holding ``images``; ``layers`` maps diff id -> layer (each stored once).
+class DockerArchive:
+    """A docker-archive tar holding ``images``; ``layers`` maps diff id -> layer (each stored once).
+
+    Iterating yields the tar's bytes. ``len()`` is its exact size, known before any layer is read, so the
+    HTTP body goes out with a Content-Length instead of chunked framing (no copy of every chunk).
 
     Layers are emitted in the order of ``layers`` (the caller's read order, e.g. on-disc order), which must
     hold exactly the layers the images use. A layer whose stream yields more or fewer bytes than its size
     raises LoadError before the tar would become inconsistent; an exception from a layer stream propagates,
     and manifest.json is then never yielded.
     """
-    used = {diff_id for image in images for diff_id in image.diff_ids}
-    for image in images:
-        for diff_id in image.diff_ids:
-            if diff_id not in layers:
-                raise LoadError(f"image {config_member(image.config)} needs layer {diff_id}, which is not in the set")
-    order = list(layers)
-    if set(order) != used:
-        raise LoadError(f"layers {sorted(set(order) - used)} are used by none of the images being loaded")
-    for diff_id in order:
-        yield from _member_stream(layer_member(diff_id), layers[diff_id])
-    seen: set[str] = set()
-    for image in images:
-        name = config_member(image.config)
-        if name not in seen:
-            seen.add(name)
-            yield from _member_bytes(name, image.config)
-    yield from _member_bytes("manifest.json", manifest_json(images))
-    yield b"\0" * (2 * BLOCK)
+
+    def __init__(self, images: list[ArchiveImage], layers: dict[str, ArchiveLayer]) -> None:
+        used = {diff_id for image in images for diff_id in image.diff_ids}
+        for image in images:
+            for diff_id in image.diff_ids:
+                if diff_id not in layers:
+                    raise LoadError(f"image {config_member(image.config)} needs layer {diff_id}, "
+                                    "which is not in the set")
+        if set(layers) != used:
+            raise LoadError(f"layers {sorted(set(layers) - used)} are used by none of the images being loaded")
+        self.images = images
+        self.layers = layers
+        configs = {config_member(image.config): image.config for image in images}
+        self.small = [_member_bytes(name, data) for name, data in configs.items()]
+        self.small.append(_member_bytes("manifest.json", manifest_json(images)))
+
+    def __len__(self) -> int:
+        members = sum(len(tar_header(layer_member(d), layer.size)) + layer.size + len(padding(layer.size))
+                      for d, layer in self.layers.items())
+        return members + sum(len(member) for member in self.small) + 2 * BLOCK
+
+    def __iter__(self) -> Iterator[bytes]:
+        sent = 0
+        for diff_id, layer in self.layers.items():
+            for chunk in _member_stream(layer_member(diff_id), layer):
+                sent += len(chunk)
+                yield chunk
+        tail = b"".join(self.small) + b"\0" * (2 * BLOCK)
+        # A body shorter than its Content-Length would leave the engine waiting for the rest.
+        if sent + len(tail) != len(self):
+            raise LoadError(f"internal error: the tar has {sent + len(tail)} bytes, {len(self)} were announced")
+        yield tail
 
 
-def _member_bytes(name: str, data: bytes) -> Iterator[bytes]:
-    yield tar_header(name, len(data)) + data + padding(len(data))
+def docker_archive(images: list[ArchiveImage], layers: dict[str, ArchiveLayer]) -> DockerArchive:
+    return DockerArchive(images, layers)
+
+
+def _member_bytes(name: str, data: bytes) -> bytes:
+    return tar_header(name, len(data)) + data + padding(len(data))
 
 
 def _member_stream(name: str, layer: ArchiveLayer) -> Iterator[bytes]:

@@ -1,7 +1,7 @@
 """Load a set's images into an engine: volume parts -> zstd -> docker-archive tar built on the fly -> load API.
 
 Nothing is written to disk by imgbuild: parts are read in on-disc order by a reader thread, hashed by a
-second thread, decompressed here and sent as the chunked body of `POST /images/load`.
+second thread, decompressed here and sent as the body of `POST /images/load` (its length is known up front).
 
 Why a bad part can never leave a tagged image behind (both engines checked, see tests/test_load.py):
 - each part's size and sha256 are checked when its last byte has been read, and each layer's size when it
@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,7 +162,7 @@ def _read_config(located: LocatedSet, image: Image) -> bytes:
     raise LoadError(f"no good copy of {image.config.path} (image {image.id}): " + "; ".join(reasons or ["no volume"]))
 
 
-def _post_load(engine: Engine, body: Iterator[bytes]) -> None:
+def _post_load(engine: Engine, body: Iterable[bytes]) -> None:
     try:
         for line in engine.api.load_image(body):
             if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):

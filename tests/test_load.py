@@ -43,7 +43,9 @@ def test_docker_archive_is_a_tar_with_layers_first_and_manifest_last() -> None:
     # The caller's order (on-disc order) wins over the images' order: the app's own layer comes first here.
     layers = {layer.diff_id: layer for layer in (_layer(own), _layer(shared))}
     images = [ArchiveImage(b'{"base":1}', (ids[0],)), ArchiveImage(b'{"app":1}', (ids[0], ids[1]))]
-    data = b"".join(docker_archive(images, layers))
+    archive = docker_archive(images, layers)
+    data = b"".join(archive)
+    assert len(data) == len(archive)  # announced as the HTTP body's Content-Length
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         names = tar.getnames()
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
