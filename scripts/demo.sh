@@ -13,8 +13,9 @@
 # Everything it started is stopped on exit (the container, the local Hub server, Podman).
 #
 # Settings (environment): IMGBUILD_DEMO_OUT (out), IMGBUILD_DEMO_MEDIA_SIZE (bytes per volume, 40000000),
-# IMGBUILD_DEMO_PORT (host port, 0: any free), IMGBUILD_DEMO_HUB_TIMEOUT (seconds, 5), IMGBUILD_DEMO_KEEP=1
-# (leave the server running), HF_ENDPOINT (a Hub mirror), IMGBUILD_ENGINES_DIR (where Podman's socket lives).
+# IMGBUILD_DEMO_PORT (host port, 0: any free), IMGBUILD_DEMO_HUB_TIMEOUT (seconds, 5), IMGBUILD_DEMO_HUB_PORT
+# (the local Hub server's, 8971), IMGBUILD_DEMO_KEEP=1 (leave the server running), HF_ENDPOINT (a Hub mirror),
+# IMGBUILD_ENGINES_DIR (where Podman's socket lives).
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,7 @@ out=${IMGBUILD_DEMO_OUT:-out}
 media_size=${IMGBUILD_DEMO_MEDIA_SIZE:-40000000}
 port=${IMGBUILD_DEMO_PORT:-0}
 hub_timeout=${IMGBUILD_DEMO_HUB_TIMEOUT:-5}
+hub_port=${IMGBUILD_DEMO_HUB_PORT:-8971}
 IMGBUILD_ENGINES_DIR=${IMGBUILD_ENGINES_DIR:-/run/imgbuild-engines}
 export IMGBUILD_ENGINES_DIR
 engines_dir=$IMGBUILD_ENGINES_DIR
@@ -195,18 +197,26 @@ else
     "$py" -m imgbuild_runtime.testvoice "$voice_dir" >/dev/null
     printf '%s\n' "Test voice made by imgbuild_runtime.testvoice for the imgbuild demo: one tone per phoneme." \
         > "$voice_dir/MODEL_CARD"
-    "$py" -m tests.support.hub_server --root "$hub_root" > "$out/demo-hub.log" 2>&1 &
-    hub_pid=$!
-    i=0
-    until grep -q '^serving' "$out/demo-hub.log" 2>/dev/null; do
-        i=$((i + 1))
-        if [ "$i" -gt 100 ] || ! kill -0 "$hub_pid" 2>/dev/null; then
-            cat "$out/demo-hub.log" >&2
-            say "demo.sh: the local Hub server did not start" >&2
-            exit 1
-        fi
-        sleep 0.1
+    # A fixed port keeps the endpoint, and so the lock and the app layer, the same from one run to the next;
+    # when it is taken, any free port.
+    for hub_port in "$hub_port" 0; do
+        "$py" -m tests.support.hub_server --root "$hub_root" --port "$hub_port" > "$out/demo-hub.log" 2>&1 &
+        hub_pid=$!
+        i=0
+        until grep -q '^serving' "$out/demo-hub.log" 2>/dev/null || ! kill -0 "$hub_pid" 2>/dev/null || \
+                [ "$i" -gt 100 ]; do
+            i=$((i + 1))
+            sleep 0.1
+        done
+        if grep -q '^serving' "$out/demo-hub.log"; then break; fi
+        kill "$hub_pid" 2>/dev/null || true
+        hub_pid=""
     done
+    if [ -z "$hub_pid" ]; then
+        cat "$out/demo-hub.log" >&2
+        say "demo.sh: the local Hub server did not start" >&2
+        exit 1
+    fi
     endpoint=$(sed -n 's/^serving .* at \(http[^ ]*\) .*/\1/p' "$out/demo-hub.log")
     export HF_ENDPOINT="$endpoint"
     say "    local Hub server at $HF_ENDPOINT (log: $out/demo-hub.log)"
