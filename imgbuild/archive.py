@@ -215,17 +215,22 @@ def _save_stream(engine: Engine, refs: list[str]) -> Iterator[bytes]:
         raise
     except Exception as exc:
         raise ArchiveError(f"the engine refused to save {', '.join(refs)}: {exc}") from exc
-    return _read_big(response.raw)
+    return _coalesced(response.iter_content(1024 * 1024), SAVE_CHUNK)
 
 
-def _read_big(raw: Any) -> Iterator[bytes]:
-    """Large reads: engines send the stream in 32 KiB HTTP chunks, and handing each one to the compressor
-    separately costs more in Python overhead and GIL switches than the compression itself."""
-    while True:
-        data = raw.read(SAVE_CHUNK)
-        if not data:
-            return
-        yield data
+def _coalesced(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Pieces of at least ``size`` bytes: engines send the stream in 32 KiB HTTP chunks, and handing each
+    one to the hash and compression stages separately costs more in overhead than the work itself."""
+    pending: list[bytes] = []
+    held = 0
+    for chunk in chunks:
+        pending.append(chunk)
+        held += len(chunk)
+        if held >= size:
+            yield b"".join(pending)
+            pending, held = [], 0
+    if pending:
+        yield b"".join(pending)
 
 
 def _images(resolved: ResolvedSources, saved: SavedArchive, stored: set[str]) -> tuple[list[Image], list[bytes]]:
