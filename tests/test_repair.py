@@ -66,6 +66,11 @@ def test_any_one_lost_volume_of_4_plus_1_is_rebuilt_and_loads(engine: Engine, ra
     for volume in manifest.volumes:
         subprocess.run(["sha256sum", "-c", "--quiet", layout.SUMS_NAME], cwd=tmp_path / "set" / volume.folder,
                        check=True)
+    # Every disc says that parity volumes exist and how to repair, in English and Chinese.
+    data_readme = (tmp_path / "set" / manifest.volumes[0].folder / layout.README_NAME).read_text()
+    parity_readme = (tmp_path / "set" / manifest.volumes[4].folder / layout.README_NAME).read_text()
+    assert "Parity volumes" in data_readme and "imgbuild repair" in data_readme and "校验卷" in data_readme
+    assert "PARITY volume 1 of 1" in parity_readme and "imgbuild repair" in parity_readme
 
     for lost in manifest.volumes:
         work = tmp_path / f"without-{lost.number}"
