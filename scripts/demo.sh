@@ -181,7 +181,7 @@ engine_opts="--engine podman --host $podman_host"
 step "lock and download the voice (checkpoint of $recipe)"
 endpoint=$(helper endpoint)
 if helper reachable "$endpoint" rhasspy/piper-voices "$hub_timeout"; then
-    say "    the Hub answers at $endpoint: the real piper voice en_US-lessac-low (~60 MB) is downloaded"
+    say "    the Hub answers at $endpoint: the voice (en_US-lessac-low, ~60 MB) comes from there"
 else
     say "    ******************************************************************************************"
     say "    * The Hub ($endpoint) did not answer within $hub_timeout s."
