@@ -142,7 +142,7 @@ def start_service(engine: Engine, image: Image, serve: Serve, options: RunOption
     container_port = f"{serve.port}/tcp"
     host_port = serve.port if options.port is None else (options.port or None)
     kwargs: dict[str, Any] = {
-        "detach": True, "ports": {container_port: (options.bind, host_port)}, "environment": dict(serve.env),
+        "ports": {container_port: (options.bind, host_port)}, "environment": dict(serve.env),
         "labels": {RUN_LABEL: image.id}, "name": options.name,
     }
     if options.cpus is not None:
@@ -150,10 +150,14 @@ def start_service(engine: Engine, image: Image, serve: Serve, options: RunOption
     if options.memory is not None:
         kwargs["mem_limit"] = options.memory
     try:
-        container = engine.client.containers.run(image.id, command=list(serve.command) or None, **kwargs)
+        container = engine.client.containers.create(image.id, command=list(serve.command) or None, **kwargs)
     except docker.errors.APIError as exc:
-        raise LoadError(f"cannot start {image.id}: {exc.explanation or exc}") from exc
+        raise LoadError(f"cannot create a container of {image.id}: {exc.explanation or exc}") from exc
     with _removed_on_failure(engine, container.id):
+        try:
+            container.start()  # created apart from started, so a failed start (port taken) leaves nothing behind
+        except docker.errors.APIError as exc:
+            raise LoadError(f"cannot start {image.id}: {exc.explanation or exc}") from exc
         port = _published_port(engine, container, container_port)
         host = "127.0.0.1" if options.bind in ("0.0.0.0", "", "::") else options.bind
         host = f"[{host}]" if ":" in host else host
@@ -176,7 +180,7 @@ def _removed_on_failure(engine: Engine, container_id: str) -> Iterator[None]:
 
 
 def _published_port(engine: Engine, container: Any, container_port: str) -> int:
-    for _ in range(50):
+    for _ in range(150):  # the engine publishes ports as it starts the container; a busy machine is slow
         container.reload()
         bindings = ((container.attrs.get("NetworkSettings") or {}).get("Ports") or {}).get(container_port)
         if bindings and bindings[0].get("HostPort"):
@@ -198,13 +202,15 @@ def wait_healthy(engine: Engine, container_id: str, url: str, serve: Serve, time
     """Poll the health check until it answers the expected status; seconds it took."""
     started = time.monotonic()
     last = "no answer yet"
+    session = requests.Session()
+    session.trust_env = False  # a proxy from the environment must not stand between us and 127.0.0.1
     while True:
         elapsed = time.monotonic() - started
         state = engine.api.inspect_container(container_id)["State"]
         if not state.get("Running"):
             _raise_exited(engine, container_id, last)
         try:
-            answer = requests.request(serve.health.method, url, timeout=min(5.0, serve.health.interval + 4))
+            answer = session.request(serve.health.method, url, timeout=min(5.0, serve.health.interval + 4))
             if answer.status_code == serve.health.expect_status:
                 progress(ProgressEvent(task="health", message=f"healthy after {elapsed:.1f} s", finished=True))
                 return elapsed

@@ -4,6 +4,7 @@ loaded and started, health checked; Ctrl-C stops and removes it; the other engin
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -120,6 +121,14 @@ def test_an_unhealthy_service_is_reported_with_its_log_and_removed(engine: Engin
     with pytest.raises(LoadError) as info:
         start_service(engine, image, wrong, RunOptions(port=0, health_timeout=3))
     assert "404" in str(info.value) and "last lines of the service log" in str(info.value)
+    assert not _containers(engine, image.id)
+
+    with socket.socket() as taken:  # a port already in use: the start fails and no container is left behind
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(LoadError, match="cannot start"):
+            start_service(engine, image, Serve.model_validate(SERVE),
+                          RunOptions(port=taken.getsockname()[1], health_timeout=30))
     assert not _containers(engine, image.id)
 
     exits = Serve.model_validate(dict(SERVE, command=["python3", "-c", "import sys; print('boom'); sys.exit(3)"]))
