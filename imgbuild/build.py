@@ -32,7 +32,8 @@ from imgbuild.recipe import LoadedRecipe
 LABEL = "org.imgbuild."
 LOG_TAIL_LINES = 40
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Docker Engine colours a RUN step's stderr
-_STEP = re.compile(r"^(?:Step|STEP)\s+(\d+)/(\d+)\s*:?\s*(.*)$")
+# Podman prefixes the steps of a multi-stage build with the stage: "[2/3] STEP 4/5: COPY ...".
+_STEP = re.compile(r"^(?:\[\d+/\d+\]\s+)?(?:Step|STEP)\s+(\d+)/(\d+)\s*:?\s*(.*)$")
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ folders), never as engine configuration, so the Containerfiles also work by hand
 Context layout (the same for both layers):
     Containerfile              the layer's Containerfile
     imgbuild/ca/NN-NAME.crt    CA certificates (recipe's mirrors.ca_certificates, else this host's bundle)
-    imgbuild/wheels/           files of local find_links folders (pip's find-links inside the build)
+    imgbuild/wheels/           files of local find_links folders (pip's find-links inside the build; the
+                               python-base Containerfile copies them into a build stage only, never into
+                               a layer of the final image)
     app/DEST                   app layer only: context items and checkpoints
 """
 
@@ -31,7 +33,7 @@ from imgbuild.recipe import LoadedRecipe
 CA_DIR = "imgbuild/ca"
 WHEELS_DIR = "imgbuild/wheels"
 APP_DIR = "app"
-WHEELS_IN_IMAGE = "/opt/imgbuild/wheels"
+WHEELS_IN_IMAGE = "/opt/imgbuild/wheels"  # where a build (stage) sees imgbuild/wheels/; PIP_FIND_LINKS names it
 PROJECT_CONTAINERFILES = Path(__file__).resolve().parent.parent / "Containerfiles"
 
 

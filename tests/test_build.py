@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import time
 import urllib.request
@@ -135,7 +136,8 @@ def test_demo_builds_labels_runs_and_caches(engine, cleanup, unique_tag, tmp_pat
         cleanup.image(image.tag)
     assert [i.role for i in first.images] == ["rootfs", "base", "app"]
     assert not first.image("base").cached and not first.image("app").cached
-    assert any(m.lower().startswith("step") for m in messages), "build log lines were not streamed"
+    # Podman prefixes a multi-stage build's steps with the stage ("[1/3] STEP 1/13: ...").
+    assert any(re.match(r"(\[\d+/\d+\] )?step ", m.lower()) for m in messages), "build log lines were not streamed"
 
     base, app = first.image("base"), first.image("app")
     for image in (base, app):
