@@ -143,8 +143,10 @@ def test_spark_recipe_puts_the_model_where_the_server_reads_it() -> None:
     command = r["app"]["serve"]["command"]
     assert command[command.index("--model") + 1] == ckpt["dest"]
     dests = {c["dest"] for c in r["app"]["context"]}
-    assert {"imgbuild-runtime", "imgbuild-spark", "ref_data"} <= dests
-    assert command[1].split("/")[0] == "imgbuild-spark"
+    assert {"imgbuild-runtime", "ref_data"} <= dests
+    # The runtime's own SparkTTS engine, and the runtime reads voices from ref_data/ by default.
+    assert command[:3] == ["python3", "-m", "imgbuild_runtime"]
+    assert command[command.index("--engine") + 1] == "sparktts"
 
 
 def logical_lines(text: str) -> list[str]:

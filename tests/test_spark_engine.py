@@ -1,4 +1,5 @@
-"""The SparkTTS engine's pure parts: prompts in SparkTTS's own token format, token parsing, sentence cuts.
+"""The SparkTTS engine of the runtime: prompts in SparkTTS's own token format, token parsing, sentence cuts,
+the `--engine sparktts` registry entry and the server's exit when the model cannot load.
 
 The model itself (0.5B LLM + BiCodec, torch, transformers) cannot run here; the prompts are checked
 against the format of SparkTTS's cli/SparkTTS.py (process_prompt, process_prompt_control), which is what
@@ -7,7 +8,7 @@ the LLM was trained on.
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,12 +16,8 @@ import pytest
 
 pytest.importorskip("imgbuild_runtime")
 
-PATH = Path(__file__).resolve().parent.parent / "Containerfiles" / "spark-tts" / "spark_engine.py"
-spec = importlib.util.spec_from_file_location("spark_engine", PATH)
-assert spec and spec.loader
-spark = importlib.util.module_from_spec(spec)
-sys.modules["spark_engine"] = spark
-spec.loader.exec_module(spark)
+from imgbuild_runtime import spark_engine as spark  # noqa: E402
+from imgbuild_runtime.state import ServerConfig, make_engine  # noqa: E402
 
 
 def test_clone_prompt_with_transcript_continues_the_reference_semantics() -> None:
@@ -75,21 +72,33 @@ def test_engine_describes_itself_before_loading(tmp_path: Path) -> None:
     assert engine.encoder_id().startswith("sparktts-bicodec-")
 
 
+def test_registry_makes_the_engine_lazily(tmp_path: Path) -> None:
+    """`--engine sparktts` picks this engine; building it imports neither torch nor SparkTTS's code."""
+    engine = make_engine(ServerConfig(model=tmp_path, engine="sparktts", threads=3))
+    assert isinstance(engine, spark.SparkEngine) and engine.threads == 3
+    done = subprocess.run([sys.executable, "-c", "import sys; import imgbuild_runtime.state as s; "
+                           "s.make_engine(s.ServerConfig(model=sys.argv[1], engine='sparktts')); "
+                           "print(sorted(m for m in ('torch', 'transformers', 'sparktts') if m in sys.modules))",
+                           str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr[-2000:]
+
+
+def run_spark_server(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imgbuild_runtime", "--engine", "sparktts", "--host", "127.0.0.1",
+                           "--port", "0", *args], capture_output=True, text=True, timeout=timeout)
+
+
 def test_server_exits_1_with_the_reason_when_the_model_cannot_load(tmp_path: Path) -> None:
     """The container must stop, with the cause in its log, rather than answer 503 forever."""
-    import subprocess
-
-    (tmp_path / "config.yaml").write_text("sample_rate: 16000\n")
     (tmp_path / "BiCodec").mkdir()
-    script = PATH.with_name("serve_spark.py")
-    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--host", "127.0.0.1",
-                           "--port", "0", "--ref-data", str(tmp_path / "none"), "--no-such-flag"],
-                          capture_output=True, text=True, timeout=60)
+    done = run_spark_server("--model", str(tmp_path), "--no-such-flag", timeout=60)
     assert done.returncode == 2 and "--no-such-flag" in done.stderr
-    done = subprocess.run([sys.executable, str(script), "--model", str(tmp_path), "--host", "127.0.0.1",
-                           "--port", "0", "--ref-data", str(tmp_path / "none"),
-                           "--cache-dir", str(tmp_path / "cache")],
-                          capture_output=True, text=True, timeout=120)
+    # Not a SparkTTS folder: the reason is named before torch is even imported.
+    done = run_spark_server("--model", str(tmp_path), "--ref-data", str(tmp_path / "none"), "--no-disk-cache")
+    assert done.returncode == 1 and "no config.yaml" in done.stderr, done.stderr[-2000:]
+    (tmp_path / "config.yaml").write_text("sample_rate: 16000\n")
+    done = run_spark_server("--model", str(tmp_path), "--ref-data", str(tmp_path / "none"),
+                       "--cache-dir", str(tmp_path / "cache"))
     assert done.returncode == 1, done.stderr[-2000:]
     # Here torch/SparkTTS are missing; in an image built from a bad source zip the same path reports it.
     assert "ModuleNotFoundError" in done.stderr or "No module named" in done.stderr, done.stderr[-2000:]

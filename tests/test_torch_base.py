@@ -103,7 +103,7 @@ SPARK = REPO_ROOT / "Containerfiles" / "spark-tts.Containerfile"
 
 def spark_app_recipe(folder: Path, base_recipe: Path, app_tag: str) -> Path:
     """The torch base recipe plus the SparkTTS app layer: a stand-in Spark-TTS tree (its requirements file
-    with the pins the Containerfile must drop) and model folder, the real runtime and SparkTTS engine."""
+    with the pins the Containerfile must drop) and model folder, the real runtime with its SparkTTS engine."""
     with zipfile.ZipFile(folder / "Spark-TTS-main.zip", "w") as zf:
         zf.writestr("Spark-TTS-main/requirements.txt", "soundfile==0.12.1\ntorch==2.5.1\ntorchaudio==2.5.1\n"
                     "gradio==5.18.0")
@@ -113,11 +113,10 @@ def spark_app_recipe(folder: Path, base_recipe: Path, app_tag: str) -> Path:
     return with_app(folder / "spark-app.yaml", base_recipe, app_tag, SPARK, f"""
     - {{src: Spark-TTS-main.zip, dest: ., extract: true, strip_components: 1}}
     - {{src: {REPO_ROOT / "runtime"}, dest: imgbuild-runtime}}
-    - {{src: {REPO_ROOT / "Containerfiles" / "spark-tts"}, dest: imgbuild-spark}}
     - {{src: ref_data, dest: ref_data}}
     - {{src: Spark-TTS-0.5B, dest: pretrained_models/Spark-TTS-0.5B}}
   serve:
-    command: [python3, imgbuild-spark/serve_spark.py, --model, pretrained_models/Spark-TTS-0.5B, --port, "8080"]
+    command: [python3, -m, imgbuild_runtime, --engine, sparktts, --model, pretrained_models/Spark-TTS-0.5B]
 """)
 
 

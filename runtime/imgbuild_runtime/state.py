@@ -17,7 +17,7 @@ from .voices import VoiceCatalog, scan_ref_data
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("piper",)
+ENGINES = ("piper", "sparktts")
 # Names OpenAI clients send; accepted as "the loaded model".
 MODEL_ALIASES = ("tts-1", "tts-1-hd")
 
@@ -45,6 +45,11 @@ def make_engine(config: ServerConfig) -> Engine:
         from .piper_engine import PiperEngine
 
         return PiperEngine(config.model, config.threads, config.model_config)
+    if config.engine == "sparktts":
+        # Imported here: SparkTTS needs torch and transformers, which a piper-only image does not have.
+        from .spark_engine import SparkEngine
+
+        return SparkEngine(config.model, config.threads)
     raise ValueError(f"unknown engine {config.engine!r}; known: {', '.join(ENGINES)}")
 
 

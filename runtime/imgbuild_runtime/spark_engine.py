@@ -10,8 +10,9 @@ Without a reference voice it runs SparkTTS's "voice creation" mode: gender, pitc
 LLM generates the global tokens as well.
 
 The model folder is SparkTTS's (`pretrained_models/Spark-TTS-0.5B`): config.yaml, LLM/, BiCodec/,
-wav2vec2-large-xlsr-53/. The Spark-TTS source tree (its `sparktts` package) must be importable.
-This module lives beside the Containerfile until the runtime registers it as an engine of its own.
+wav2vec2-large-xlsr-53/. The Spark-TTS source tree (its `sparktts` package), torch and transformers must be
+importable; they are imported only when the model loads, so the rest of the runtime (and the piper-only
+image) does not need them. Served with `python -m imgbuild_runtime --engine sparktts --model MODEL_DIR`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgbuild_runtime.engine import Engine, EncodedReference, EngineInfo, SynthesisOptions
+from .engine import Engine, EncodedReference, EngineInfo, SynthesisOptions
 
 # Token strings of SparkTTS's vocabulary (sparktts/utils/token_parser.py and cli/SparkTTS.py).
 TASK_TTS = "<|task_tts|>"
@@ -97,6 +98,8 @@ class SparkEngine(Engine):
         self._tokenizer = self._llm = self._codec = None
 
     def load(self) -> None:
+        if not (self.model_dir / "config.yaml").is_file():
+            raise FileNotFoundError(f"{self.model_dir} is not a SparkTTS model folder (no config.yaml)")
         import torch
         from sparktts.models.audio_tokenizer import BiCodecTokenizer
         from sparktts.utils.file import load_config
