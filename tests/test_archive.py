@@ -25,6 +25,7 @@ from imgbuild.engines import Engine
 from imgbuild.errors import DiskFull
 from imgbuild.manifest import parse_manifest
 from imgbuild.save_stream import read_save_stream
+from imgbuild.verify import VerifyOptions, verify_set
 from imgbuild.volume_writer import VolumeWriter, disk_errors, file_cost
 
 MEDIA_SIZE = 25_000_000  # the bookworm base layer compresses to about 66 MB: at least 3 volumes
@@ -247,6 +248,8 @@ def test_killed_archive_leaves_nothing_final_and_a_rerun_completes(engine: Engin
     assert len(volumes) >= 3
     assert sorted(out.iterdir()) == sorted(volumes)  # the leftovers of the killed run are gone
     _check_volumes(volumes, MEDIA_SIZE)
+    report = verify_set([out], VerifyOptions(deep=True, catalog=tmp_path / "catalog" / f"{result['set_id']}.json"))
+    assert report.ok, report.to_json()
     manifest = parse_manifest((volumes[-1] / layout.MANIFEST_NAME).read_bytes(), "rerun")
     assert [(i.id, i.role) for i in manifest.images] == [(two_apps[0][1], "base"), (two_apps[1][1], "app")]
     assert manifest.recipe is not None and manifest.recipe.recipe.text == recipe.read_text()
