@@ -14,7 +14,6 @@ Images already present (same id) are not sent again, so a rerun continues where 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass

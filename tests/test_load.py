@@ -23,11 +23,8 @@ from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ChecksumMismatch, LoadError, ManifestError
 from imgbuild.load import LoadOptions, VolumeRequest, load_set
 from imgbuild.manifest import SetManifest
-from tests.support.restore_sets import (copy_set, flip, image_exists, make_set, manifest_of, other_engine,
-                                        parts_of, random_images, remove_images, rewrite_manifest, unique_prefix)
-
-MEDIA_SIZE = 2_700_000
-
+from tests.support.restore_sets import (copy_set, flip, image_exists, manifest_of, other_engine, parts_of,
+                                        random_set, remove_images, rewrite_manifest)
 
 # ---------------------------------------------------------------- the tar stream (no engine)
 
@@ -76,13 +73,7 @@ def test_docker_archive_stops_when_a_layer_has_another_length(delta: int) -> Non
 def engine_set(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, SetManifest]]:
     """A set of two real images (made on this engine, then removed from it) in at least 3 volumes."""
     out = tmp_path_factory.mktemp(f"load-{engine.kind}") / "set"
-    refs = list(random_images(engine, unique_prefix("load")))
-    try:
-        result = make_set(engine, refs, out, MEDIA_SIZE)
-    finally:
-        remove_images(engine, list(reversed(refs)))
-    assert len(result.volumes) >= 3
-    manifest = manifest_of(result.volumes[0])
+    manifest = manifest_of(random_set(engine, "load", out)[0])
     assert not any(image_exists(engine, image.id) for image in manifest.images)
     yield out, manifest
     _remove_set_images(engine, manifest)

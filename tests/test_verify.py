@@ -23,11 +23,8 @@ from imgbuild.engines import connect
 from imgbuild.errors import ManifestError
 from imgbuild.verify import VerifyOptions, verify_set
 from tests.conftest import in_ci
-from tests.support.restore_sets import (HOST_VARS, bad_paths, copy_set, flip, make_set, manifest_of, parts_of,
-                                        random_images, remove_images, rewrite_manifest, unique_prefix)
-
-MEDIA_SIZE = 2_700_000  # 1 MiB of it is kept for metadata: ~1.6 MB of random layer bytes per volume
-
+from tests.support.restore_sets import (HOST_VARS, bad_paths, copy_set, flip, manifest_of, parts_of, random_set,
+                                        rewrite_manifest)
 
 @pytest.fixture(scope="module")
 def small_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -39,12 +36,7 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         pytest.skip("no engine configured (eval \"$(scripts/engines.sh start)\")")
     out = tmp_path_factory.mktemp("verify") / "set"
     with connect(kind, os.environ[HOST_VARS[kind]]) as engine:
-        refs = list(random_images(engine, unique_prefix("verify")))
-        try:
-            result = make_set(engine, refs, out, MEDIA_SIZE)
-        finally:
-            remove_images(engine, list(reversed(refs)))
-    assert len(result.volumes) >= 3
+        random_set(engine, "verify", out)
     return out
 
 

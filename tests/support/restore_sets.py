@@ -83,6 +83,20 @@ def make_set(engine: Engine, refs: list[str], out: Path, media_size: int) -> Arc
     return archive(engine, refs, ArchiveOptions(out=out, media=None, media_size=media_size, catalog=catalog))
 
 
+RANDOM_SET_MEDIA_SIZE = 2_700_000  # 1 MiB of it is kept for metadata: ~1.6 MB of random layer bytes per volume
+
+
+def random_set(engine: Engine, name: str, out: Path) -> list[Path]:
+    """A set of at least 3 volumes holding random_images(), which are then removed from the engine."""
+    refs = list(random_images(engine, unique_prefix(name)))
+    try:
+        result = make_set(engine, refs, out, RANDOM_SET_MEDIA_SIZE)
+    finally:
+        remove_images(engine, list(reversed(refs)))
+    assert len(result.volumes) >= 3
+    return [Path(v) for v in result.volumes]
+
+
 def remove_images(engine: Engine, refs: list[str]) -> None:
     """Remove tags and ids this test made (never prune)."""
     for ref in refs:
