@@ -246,3 +246,22 @@ def test_reader_threads_stop_when_the_consumer_gives_up(tmp_path: Path) -> None:
         ends = [e for e in complete if isinstance(e, FileEnd)]
     assert ends[0].sha256 == hashlib.sha256(data).hexdigest() and ends[0].size == len(data)
     assert ends[1].error is not None and ends[1].sha256 is None
+
+
+def test_cli_load_prints_json_and_exits_1_naming_a_bad_part(engine: Engine, engine_set: tuple[Path, SetManifest],
+                                                          loaded: None, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgbuild.cli import app
+
+    folder, manifest = engine_set
+    volumes = copy_set(folder, tmp_path / "set")
+    part = parts_of(volumes)[-1]
+    flip(part, 7)
+    refused = CliRunner().invoke(app, ["load", "--host", engine.host, str(tmp_path / "set")])
+    assert refused.exit_code == 1 and str(part) in refused.output
+    _assert_nothing_loaded(engine, manifest)
+    result = CliRunner().invoke(app, ["load", "--host", engine.host, "--json", str(folder)])
+    assert result.exit_code == 0, result.output
+    as_json = json.loads(result.stdout)
+    assert [i["status"] for i in as_json["images"]] == ["loaded", "loaded"] and as_json["engine"] == engine.kind
