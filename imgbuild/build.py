@@ -13,6 +13,7 @@ import json
 import re
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -156,9 +157,31 @@ def _build_layer(loaded: LoadedRecipe, engine: Engine, role: str, from_ref: str,
             LABEL + "version": __version__, LABEL + "built": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **labels,
         }
-        image_id = run_build(engine, context, layer.tag, args, all_labels, nocache=options.rebuild,
-                             task=f"build {role}", progress=progress)
+        # Build stages that must not outlive the build (python-base's venv stage holds the wheels) are
+        # labelled with this id, which stays out of the input hash.
+        build_id = uuid.uuid4().hex
+        stage_args = {BUILD_ID_ARG: build_id} if BUILD_ID_ARG in (context / "Containerfile").read_text() else {}
+        try:
+            image_id = run_build(engine, context, layer.tag, args | stage_args, all_labels,
+                                 nocache=options.rebuild, task=f"build {role}", progress=progress)
+        finally:
+            if stage_args:
+                remove_stage_images(engine, build_id)
     return ImageResult(role, layer.tag, image_id, False, digest, time.monotonic() - t0)
+
+
+BUILD_ID_ARG = "IMGBUILD_BUILD_ID"
+
+
+def remove_stage_images(engine: Engine, build_id: str) -> None:
+    """Remove the untagged stage images of one build (their untagged parents go with them)."""
+    for image in engine.api.images(all=True, filters={"label": f"{LABEL}build-id={build_id}"}):
+        if any(tag != "<none>:<none>" for tag in image.get("RepoTags") or ()):
+            continue  # never a tagged image, even if a Containerfile lets the label reach its final stage
+        try:
+            engine.api.remove_image(image["Id"])
+        except docker.errors.APIError:
+            pass  # already gone, or still used by another build: the engine's usual cleanup applies
 
 
 # Podman's layer-cache lookup fails this way when another client removes an image during the lookup (shared

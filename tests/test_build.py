@@ -127,6 +127,18 @@ def get_json(url: str, deadline: float) -> dict:
             time.sleep(0.3)
 
 
+def leftover_stages(engine, image: str) -> list[str]:
+    """Build-stage images (org.imgbuild.stage) that start with all of this image's layers but its last
+    one (the copied venv), i.e. that came from the build of this image."""
+    system_layers = find_image(engine, image)["RootFS"]["Layers"][:-1]
+    found = []
+    for listed in engine.api.images(all=True, filters={"label": "org.imgbuild.stage"}):
+        info = find_image(engine, listed["Id"])  # None if another client removed it meanwhile
+        if info and info["RootFS"]["Layers"][:len(system_layers)] == system_layers:
+            found.append(listed["Id"])
+    return found
+
+
 @pytest.mark.slow
 def test_demo_builds_labels_runs_and_caches(engine, cleanup, unique_tag, tmp_path: Path) -> None:
     loaded = load_recipe(demo_copy(tmp_path, unique_tag))
@@ -138,6 +150,8 @@ def test_demo_builds_labels_runs_and_caches(engine, cleanup, unique_tag, tmp_pat
     assert not first.image("base").cached and not first.image("app").cached
     # Podman prefixes a multi-stage build's steps with the stage ("[1/3] STEP 1/13: ...").
     assert any(re.match(r"(\[\d+/\d+\] )?step ", m.lower()) for m in messages), "build log lines were not streamed"
+    # python-base's venv stage (it holds the find-links wheels) was removed after the build.
+    assert leftover_stages(engine, first.image("base").tag) == []
 
     base, app = first.image("base"), first.image("app")
     for image in (base, app):

@@ -7,8 +7,10 @@ user on this machine would pass it. Under CI a missing engine or wheel fails the
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import tarfile
 import time
 import urllib.request
 import zipfile
@@ -21,8 +23,9 @@ from imgbuild.bootstrap import find_image
 from imgbuild.build import BuildOptions, build_recipe
 from imgbuild.engines import connect
 from imgbuild.recipe import load_recipe
+from imgbuild.save_stream import read_save_stream
 from tests.conftest import ENGINE_HOST_VARS, REPO_ROOT, UniqueTag, in_ci, remove_image
-from tests.test_build import get_json
+from tests.test_build import get_json, leftover_stages
 
 RECIPE = REPO_ROOT / "recipes" / "torch-cpu-base.yaml"
 WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
@@ -132,6 +135,40 @@ def post_health(engine, image: str) -> dict:
         engine.api.remove_container(container, force=True)
 
 
+class _Pieces(io.RawIOBase):
+    """A layer's bytes (an iterator of memoryviews) as a file for tarfile's stream mode."""
+
+    def __init__(self, pieces) -> None:
+        self._pieces, self._rest = pieces, memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while not self._rest:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return 0
+            self._rest = piece
+        n = min(len(buffer), len(self._rest))
+        buffer[:n], self._rest = self._rest[:n], self._rest[n:]
+        return n
+
+
+def paths_in_layers(engine, image: str, prefixes: tuple[str, ...]) -> list[str]:
+    """Paths under the prefixes in any layer of the image as the engine saves it: a file that a later
+    layer deletes still counts, because its bytes are still carried."""
+    found: list[str] = []
+
+    def on_layer(name: str, size: int, pieces) -> str:
+        with tarfile.open(fileobj=io.BufferedReader(_Pieces(pieces), 1 << 20), mode="r|") as layer:
+            found.extend(m.name for m in layer if m.name.lstrip("./").startswith(prefixes))
+        return "sha256:" + "0" * 64  # not needed here; read_save_stream drains what tarfile left
+
+    read_save_stream(engine.api.get_image(image), on_layer)
+    return found
+
+
 def run_once(engine, image: str, command: list[str] | None) -> tuple[int, str]:
     """Run a command (None: the image's CMD) in a fresh container without network; return (exit code,
     output); remove it."""
@@ -174,6 +211,11 @@ def test_torch_cpu_base_builds_and_runs_torch(tmp_path: Path) -> None:
             size = find_image(engine, tag)["Size"]
             print(f"torch-cpu-base image size: {size} bytes ({size / 1e9:.2f} GB)")
             assert size <= SIZE_GOAL, f"CPU torch base is {size / 1e9:.2f} GB, goal {SIZE_GOAL / 1e9:.1f} GB"
+            # The wheels reached pip in python-base's venv stage only: no layer of the image carries them,
+            # and that stage's image (wheels included) was removed after the build.
+            carried = paths_in_layers(engine, tag, ("opt/imgbuild/", "usr/local/share/ca-certificates/imgbuild/"))
+            assert carried and all(p.lstrip("./").startswith("usr/local/share/ca") for p in carried), carried
+            assert leftover_stages(engine, tag) == []
 
             # The fish-speech app layer on this base, with a stand-in source tree (the real one and its
             # weights are out of reach): dependency step, editable install, gen_ref, CMD, health route.
