@@ -172,8 +172,9 @@ def _post_load(engine: Engine, body: Iterable[bytes]) -> None:
 
 
 def engine_ref(engine: Engine, ref: str) -> str:
-    """The reference to tag with: Podman's compatible API would turn a name without a registry part into
-    docker.io/library/NAME, while Podman itself names local images localhost/NAME; keep Podman's convention."""
+    """The reference to tag with: Podman's compatible API would put Docker Hub's registry and `library/` in
+    front of a name without a registry part, while Podman itself names local images localhost/NAME; keep
+    Podman's convention."""
     first = ref.split("/", 1)[0]
     has_domain = "/" in ref and ("." in first or ":" in first or first == "localhost")
     return ref if engine.kind != "podman" or has_domain else f"localhost/{ref}"
