@@ -27,6 +27,7 @@ from imgbuild.blockhash import BLOCK_SIZE, BlockHasher
 from imgbuild.errors import ArchiveError, DiskFull
 from imgbuild.manifest import FileEntry, Parity, SetManifest, Volume, revalidate
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
+from imgbuild.volume_writer import write_file_atomic
 
 def payload_files(volume: Volume) -> list[FileEntry]:
     """The files whose bytes, back to back, form the volume's payload stream (see module doc)."""
@@ -160,7 +161,7 @@ def add_parity_volumes(
         number = n_data + j + 1
         parts = writer.close()
         text = (readme or parity_readme)(draft, number)
-        _write_atomic(folder / layout.README_NAME, text)
+        write_file_atomic(folder / layout.README_NAME, text)
         volumes.append(Volume(number=number, folder=layout.volume_folder(manifest.set_id, number), role="parity",
                               files=[entry_for_bytes(layout.README_NAME, text), *parts]))
     return revalidate(draft.model_copy(update={"volumes": volumes}))
@@ -184,15 +185,6 @@ def entry_for_bytes(path: str, data: bytes) -> FileEntry:
     hasher = BlockHasher()
     hasher.update(data)
     return FileEntry(path=path, size=len(data), sha256=hasher.hexdigest(), blocks=hasher.block_hexdigests())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = layout.partial(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def check_parity(manifest: SetManifest) -> None:
