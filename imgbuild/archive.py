@@ -32,7 +32,7 @@ from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Media
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.save_stream import SavedArchive, read_save_stream
 from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
-from imgbuild.volume_writer import VolumeState, VolumeWriter, file_cost, write_file_atomic
+from imgbuild.volume_writer import VolumeState, VolumeWriter, file_cost, sums_file, write_file_atomic
 
 SAVE_CHUNK = 4 * 1024 * 1024
 
@@ -196,9 +196,7 @@ def _write_metadata_tail(writer: VolumeWriter, manifest_bytes: bytes) -> None:
     manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
     sizes = []
     for volume in writer.volumes:
-        lines = [f"{entry.sha256}  {entry.path}\n" for entry in volume.files]
-        lines.append(f"{manifest_sha}  {layout.MANIFEST_NAME}\n")
-        sums = "".join(lines).encode()
+        sums = sums_file(volume.files, manifest_sha)
         sizes.append(file_cost(len(manifest_bytes)) + file_cost(len(sums)))
         write_file_atomic(volume.staging / layout.MANIFEST_NAME, manifest_bytes)
         write_file_atomic(volume.staging / layout.SUMS_NAME, sums)

@@ -31,7 +31,7 @@ from imgbuild.manifest import FileEntry, SetManifest, Volume
 from imgbuild.parity import check_parity, parity_readme, payload_files, segments
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.verify import VerifyOptions, VerifyReport, verify_set
-from imgbuild.volume_writer import disk_errors, fsync_dir, write_file_atomic
+from imgbuild.volume_writer import disk_errors, fsync_dir, sums_file, write_file_atomic
 from imgbuild.volumes import locate_set
 
 COPY_CHUNK = 4 * 1024 * 1024
@@ -223,6 +223,7 @@ class _Rebuild:
     def finish(self, manifest_bytes: bytes) -> list[Path]:
         """Check every rebuilt file against the manifest, give it its name, add manifest and SHA256SUMS."""
         finals = []
+        manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
         for number, staging in self.staging.items():
             volume = self.manifest.volume(number)
             for entry in volume.files:
@@ -230,7 +231,7 @@ class _Rebuild:
                     os.pwrite(self.fds[(number, entry.path)], parity_readme(self.manifest, number), 0)
                 self._seal(staging, number, entry)
             write_file_atomic(staging / layout.MANIFEST_NAME, manifest_bytes)
-            write_file_atomic(staging / layout.SUMS_NAME, sums_file(volume, manifest_bytes))
+            write_file_atomic(staging / layout.SUMS_NAME, sums_file(volume.files, manifest_sha))
             for sub in sorted({p.parent for p in staging.rglob("*") if p.is_file()}, reverse=True):
                 fsync_dir(sub)
             final = staging.with_name(staging.name.removesuffix(layout.PARTIAL_SUFFIX))
@@ -280,10 +281,3 @@ class _StreamWriter:
             lo, hi = max(offset, start), min(end, start + entry.size)
             if lo < hi:
                 os.pwrite(self.fds[(self.number, entry.path)], data[lo - offset:hi - offset], lo - start)
-
-
-def sums_file(volume: Volume, manifest_bytes: bytes) -> bytes:
-    """SHA256SUMS as FORMAT.md section 4 defines it: the listed files in order, then the manifest."""
-    lines = [f"{entry.sha256}  {entry.path}\n" for entry in volume.files]
-    lines.append(f"{hashlib.sha256(manifest_bytes).hexdigest()}  {layout.MANIFEST_NAME}\n")
-    return "".join(lines).encode()

@@ -19,7 +19,7 @@ import hashlib
 import io
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +86,13 @@ def write_file_atomic(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(partial, path)
+
+
+def sums_file(files: Iterable[FileEntry], manifest_sha256: str) -> bytes:
+    """SHA256SUMS as FORMAT.md section 4 defines it: the listed files in order, then the manifest."""
+    lines = [f"{entry.sha256}  {entry.path}\n" for entry in files]
+    lines.append(f"{manifest_sha256}  {layout.MANIFEST_NAME}\n")
+    return "".join(lines).encode()
 
 
 def fsync_dir(path: Path) -> None:
