@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,29 @@ def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
             pytest.fail(f"CI=true but {message}: engine tests must run in CI")
         pytest.skip(message)
     with connect(kind, host) as found:
+        started = time.time()
         yield found
+        _remove_dangling_leftovers(found, started)
+
+
+def _remove_dangling_leftovers(engine: Engine, since: float) -> None:
+    """Remove untagged imgbuild images this session left behind, and say so.
+
+    A layer rebuilt under the same tag, or a rootfs imported again, leaves its predecessor untagged; tests
+    remove the tags they made, so these would pile up on the engine. Only images that carry imgbuild's
+    labels, have no tag and were created during this session are touched.
+    """
+    leftovers = []
+    for image in engine.api.images(filters={"dangling": True, "label": "org.imgbuild.role"}):
+        if image.get("Created", 0) >= since - 1:
+            leftovers.append(image["Id"])
+    for image_id in leftovers:
+        try:
+            engine.api.remove_image(image_id)
+        except docker.errors.APIError:
+            pass  # still used by another image or a container of a concurrent run
+    if leftovers:
+        print(f"\n{engine.kind}: removed {len(leftovers)} untagged imgbuild image(s) left by this session")
 
 
 @pytest.fixture
