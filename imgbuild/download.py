@@ -23,7 +23,7 @@ from typing import Any
 
 from imgbuild.errors import DownloadError
 from imgbuild.hub import HubClient, choose_endpoint
-from imgbuild.lockfile import (HUB_KEYS, LOCAL_KEYS, Lock, LockedCheckpoint, LockedFile, lock_path_for, read_lock,
+from imgbuild.lockfile import (Lock, LockedCheckpoint, LockedFile, entry_key, lock_path_for, read_lock,
                                write_lock)
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
@@ -83,11 +83,6 @@ class DownloadResult:
                 "seconds": round(self.seconds, 3), "files": [dict(f.__dict__) for f in self.files]}
 
 
-def _entry_key(entry: HubCheckpoint | LocalCheckpoint) -> dict[str, Any]:
-    names = HUB_KEYS if isinstance(entry, HubCheckpoint) else LOCAL_KEYS
-    return {name: getattr(entry, name) for name in names}
-
-
 def _safe_relpath(path: str, what: str) -> str:
     """A '/'-separated relative path that cannot leave its folder (paths come from recipes and servers)."""
     parts = PurePosixPath(path).parts
@@ -109,7 +104,7 @@ def lock_checkpoints(loaded: Any, options: DownloadOptions = DownloadOptions(),
     locked: list[LockedCheckpoint] = []
     for entry in entries:
         dest = _safe_relpath(entry.dest, "dest")
-        previous = None if options.update else old.find(_entry_key(entry), dest)
+        previous = None if options.update else old.find(entry_key(entry), dest)
         if previous is not None:
             locked.append(previous)
         elif isinstance(entry, HubCheckpoint):
@@ -136,7 +131,7 @@ def _lock_hub(client: HubClient, entry: HubCheckpoint, dest: str) -> LockedCheck
         raise DownloadError(f"{entry.repo}@{commit}: no file matches include={entry.include} exclude={entry.exclude}")
     files = tuple(LockedFile(_safe_relpath(f.path, entry.repo), f.size, f.sha256, None if f.sha256 else f.git_sha1)
                   for f in sorted(chosen, key=lambda f: f.path))
-    return LockedCheckpoint(_entry_key(entry), dest, files, "hub", commit, client.endpoint)
+    return LockedCheckpoint(entry_key(entry), dest, files, "hub", commit, client.endpoint)
 
 
 def local_files(root: Path, entry: LocalCheckpoint) -> list[tuple[str, Path]]:
@@ -158,7 +153,7 @@ def _lock_local(folder: Path, entry: LocalCheckpoint, dest: str, progress: Progr
         files.append(LockedFile(rel, path.stat().st_size, hash_file(path, "sha256", progress, f"hash {rel}")))
     if not files:
         raise DownloadError(f"local checkpoint {root}: no file matches the include/exclude patterns")
-    return LockedCheckpoint(_entry_key(entry), dest, tuple(files), "local")
+    return LockedCheckpoint(entry_key(entry), dest, tuple(files), "local")
 
 
 def hash_file(path: Path, algorithm: str, progress: ProgressCallback = no_progress, task: str = "") -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from imgbuild.errors import DownloadError
+from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
 
 LOCK_VERSION = 1
 LOCK_SUFFIX = ".lock.json"
@@ -94,6 +95,12 @@ class LockedCheckpoint:
 
 HUB_KEYS = ("repo", "repo_type", "revision", "include", "exclude")
 LOCAL_KEYS = ("path", "include", "exclude")
+
+
+def entry_key(entry: HubCheckpoint | LocalCheckpoint) -> dict[str, Any]:
+    """The key the lock stores a recipe's checkpoint entry under: the fields that choose its files."""
+    names = HUB_KEYS if isinstance(entry, HubCheckpoint) else LOCAL_KEYS
+    return {name: getattr(entry, name) for name in names}
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,9 @@ from imgbuild.buildcontext import (APP_DIR, CA_DIR, WHEELS_DIR, EffectiveMirrors
 from imgbuild.download import local_files
 from imgbuild.errors import DownloadError
 from imgbuild.hub import choose_endpoint
-from imgbuild.lockfile import HUB_KEYS, LOCAL_KEYS, Lock, lock_path_for, read_lock
+from imgbuild.lockfile import Lock, entry_key, lock_path_for, read_lock
 from imgbuild.recipe import LoadedRecipe, load_recipe
-from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
+from imgbuild.recipe_model import HubCheckpoint
 
 # Where a mirror setting came from, shown next to its value.
 FROM_RECIPE = "recipe"
@@ -199,18 +199,12 @@ def _files(loaded: LoadedRecipe, eff: EffectiveMirrors) -> list[PlannedFile]:
     return out
 
 
-def _entry_key(entry: HubCheckpoint | LocalCheckpoint) -> dict[str, Any]:
-    """The key the lock file stores an entry under (see imgbuild.lockfile)."""
-    names = HUB_KEYS if isinstance(entry, HubCheckpoint) else LOCAL_KEYS
-    return {name: getattr(entry, name) for name in names}
-
-
 def _checkpoints(loaded: LoadedRecipe, lock: Lock | None, endpoint: str) -> list[PlannedCheckpoint]:
     out: list[PlannedCheckpoint] = []
     for entry in loaded.recipe.app.checkpoints if loaded.recipe.app else []:
         # The lock stores dest normalized (no "./", no trailing "/"), as `download` writes it.
         dest = str(PurePosixPath(*PurePosixPath(entry.dest).parts)) if entry.dest else entry.dest
-        found = lock.find(_entry_key(entry), dest) if lock else None
+        found = lock.find(entry_key(entry), dest) if lock else None
         if isinstance(entry, HubCheckpoint):
             files = tuple((f.path, f.size) for f in found.files) if found else ()
             out.append(PlannedCheckpoint("hub", f"{entry.repo}@{entry.revision}", entry.dest, tuple(entry.include),

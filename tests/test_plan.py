@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from imgbuild.cli import app
 from imgbuild.errors import RecipeError
-from imgbuild.lockfile import Lock, LockedCheckpoint, LockedFile, lock_path_for, write_lock
-from imgbuild.plan import FROM_HOST, FROM_RECIPE, UNSET, PlanOptions, _entry_key, plan_recipe
+from imgbuild.lockfile import Lock, LockedCheckpoint, LockedFile, entry_key, lock_path_for, write_lock
+from imgbuild.plan import FROM_HOST, FROM_RECIPE, UNSET, PlanOptions, plan_recipe
 from imgbuild.recipe import load_recipe
 
 ENV = {"HF_ENDPOINT": ""}
@@ -104,7 +104,7 @@ def test_plan_checkpoint_sizes_come_from_the_folder_and_the_lock(recipe: Path) -
     assert any("imgbuild download" in n for n in plan.notes)
 
     entry = load_recipe(recipe, ENV).recipe.app.checkpoints[1]
-    lock = Lock((LockedCheckpoint(_entry_key(entry), "checkpoints/model",
+    lock = Lock((LockedCheckpoint(entry_key(entry), "checkpoints/model",
                                   (LockedFile("model.pth", 980602750, "ab" * 32),), "hub", "c0ffee" * 6 + "abcd",
                                   "http://127.0.0.1:5"),))
     write_lock(lock_path_for(recipe), lock)
