@@ -1,8 +1,8 @@
-"""Checkpoints: lock a recipe's checkpoint entries, download them resumably into the cache, stage them.
+"""Checkpoints: lock a recipe's checkpoint entries, download them resumably into the cache.
 
     lock_checkpoints      recipe entries -> Lock (commit + per-file size and hash), kept beside the recipe
     download_checkpoints  lock + fetch every Hub file into the content-addressed cache (several at a time)
-    stage_checkpoints     cache / local folders -> app build context under each entry's `dest`, plus the lock
+    (imgbuild.stage)      cache / local folders -> app build context under each entry's `dest`, plus the lock
 
 The cache holds each file once, named by its hash (blobs/sha256/ab/abcd..., blobs/git-sha1/..). A blob is
 only ever renamed into place after its hash matched, so a blob present with the right size is finished and
