@@ -53,9 +53,21 @@ def _layer_lines(facts: SetFacts) -> str:
     return "\n".join(lines)
 
 
+def _manual_steps(s: str, long: bool) -> str:
+    """The shell lines of a restore by hand, up to the load; the same in both languages of README.txt."""
+    zstd_flag = " --long=27" if long else ""
+    return f'''    mkdir /tmp/restore
+    cp {s}-vol001/images/* /tmp/restore/
+    for first in {s}-vol*/blobs/layer*.tar.zst.part001; do
+        name=$(basename "$first" .zst.part001)
+        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > /tmp/restore/"$name"
+    done
+'''
+
+
 def readme(facts: SetFacts, number: int) -> bytes:
     s, n, k = facts.set_id, facts.volume_count, number
-    zstd_flag = " --long=27" if facts.compression_long else ""
+    manual = _manual_steps(s, facts.compression_long)
     text = f"""\
 imgbuild archive set {s}  --  volume {k} of {n}
 {'=' * 60}
@@ -90,13 +102,7 @@ Copy (or mount) all {n} volumes as folders side by side, keeping their names, th
 
 or do by hand what it does (needs free space for the uncompressed layers):
 
-    mkdir /tmp/restore
-    cp {s}-vol001/images/* /tmp/restore/
-    for first in {s}-vol*/blobs/layer*.tar.zst.part001; do
-        name=$(basename "$first" .zst.part001)
-        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > /tmp/restore/"$name"
-    done
-    tar -C /tmp/restore -cf - . | podman load        (or: docker load)
+{manual}    tar -C /tmp/restore -cf - . | podman load        (or: docker load)
     rm -rf /tmp/restore
 
 Each layer is one zstd stream cut into parts; join its parts in order (part001, part002, ...), then
@@ -140,13 +146,7 @@ imgbuild-set.json 描述了整个归档集。
 
 或者手工执行它所做的步骤（需要足够的空间存放解压后的镜像层）：
 
-    mkdir /tmp/restore
-    cp {s}-vol001/images/* /tmp/restore/
-    for first in {s}-vol*/blobs/layer*.tar.zst.part001; do
-        name=$(basename "$first" .zst.part001)
-        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > /tmp/restore/"$name"
-    done
-    tar -C /tmp/restore -cf - . | podman load        （或：docker load）
+{manual}    tar -C /tmp/restore -cf - . | podman load        （或：docker load）
     rm -rf /tmp/restore
 
 每个镜像层是一个 zstd 数据流，被切分成若干部分；按顺序（part001、part002……）拼接后再解压。
