@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgbuild.atomicfile import write_atomic
 from imgbuild.errors import DownloadError
 from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
 
@@ -145,14 +145,3 @@ def write_lock(path: Path, lock: Lock) -> str:
     data = lock.dumps().encode()
     write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """NAME.partial, fsync, rename: never a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(partial, path)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import requests
 
-from imgbuild.lockfile import LockedFile, write_atomic
+from imgbuild.atomicfile import write_atomic
+from imgbuild.lockfile import LockedFile
 from imgbuild.transfer import (BLOCK, Partial, RangeNotSupported, Tally, TransferOptions, TransferResult,
                                complete, file_etag, new_hasher, new_session)
 

@@ -20,7 +20,8 @@ from typing import Any
 from imgbuild.download import (DownloadOptions, DownloadResult, blob_path, download_checkpoints, hash_file,
                                local_files)
 from imgbuild.errors import ChecksumMismatch, DownloadError
-from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, Lock, LockedFile, read_lock, write_atomic
+from imgbuild.atomicfile import write_atomic
+from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, Lock, LockedFile, read_lock
 from imgbuild.progress import ProgressCallback, no_progress
 
 RELOCK = "the local checkpoint changed since it was locked; `imgbuild download --update RECIPE` locks it again"

@@ -29,7 +29,8 @@ import requests
 import urllib3
 
 from imgbuild.errors import ChecksumMismatch, DiskFull, DownloadError
-from imgbuild.lockfile import LockedFile, write_atomic
+from imgbuild.atomicfile import write_atomic
+from imgbuild.lockfile import LockedFile
 
 BLOCK = 1 << 20
 RETRY_STATUS = {403, 408, 429, 500, 502, 503, 504}  # 403: a signed CDN URL that expired

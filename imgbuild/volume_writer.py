@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgbuild import layout
+from imgbuild.atomicfile import write_atomic
 from imgbuild.blockhash import BlockHasher
 from imgbuild.errors import ArchiveError, DiskFull
 from imgbuild.manifest import FileEntry, Part
@@ -77,15 +78,9 @@ def disk_errors(path: Path) -> Iterator[None]:
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
-    """NAME.partial, fsync, rename."""
-    partial = layout.partial(path)
+    """NAME.partial, fsync, rename; a full disk or other OS error becomes DiskFull or ArchiveError."""
     with disk_errors(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(partial, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(partial, path)
+        write_atomic(path, data)
 
 
 def sums_file(files: Iterable[FileEntry], manifest_sha256: str) -> bytes:
