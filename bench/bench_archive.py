@@ -47,28 +47,39 @@ def torch_wheel() -> Path:
     sys.exit("no torch wheel in pip's find-links folders (pip config list)")
 
 
-def build_image(engine: Engine, weights_mb: int) -> None:
-    if find_image(engine, TAG):
-        print(f"reusing {TAG}", file=sys.stderr)
+def build_image(engine: Engine, weights_mb: int, *, tag: str = TAG, base_tag: str = BASE_TAG, seed: int = 0,
+                salt: str | None = None) -> None:
+    """The benchmark image: bookworm + python3, the torch wheel unpacked, ``weights_mb`` of float32 weights.
+
+    Other benchmarks pass their own tags, a weights ``seed`` and a ``salt`` file when their layers must not
+    be shared with this benchmark's image.
+    """
+    if find_image(engine, tag):
+        print(f"reusing {tag}", file=sys.stderr)
         return
     mirror = hostconfig.apt_archive_url()
     if not mirror:
         sys.exit("this host has no apt sources to take a Debian mirror from")
-    bootstrap_image(engine, Bootstrap(suite="bookworm", include=["python3"]), BootstrapOptions(mirror=mirror, tag=BASE_TAG))
-    with tempfile.TemporaryDirectory(prefix="bench-archive-ctx-") as ctx:
+    if not find_image(engine, base_tag):
+        bootstrap_image(engine, Bootstrap(suite="bookworm", include=["python3"]),
+                        BootstrapOptions(mirror=mirror, tag=base_tag))
+    with tempfile.TemporaryDirectory(prefix="bench-image-ctx-", dir=os.environ.get("BENCH_TMP")) as ctx:
+        context = Path(ctx)
         print("unpacking the torch wheel and generating weights ...", file=sys.stderr)
         with zipfile.ZipFile(torch_wheel()) as wheel:
-            wheel.extractall(Path(ctx) / "site")
-        rng = np.random.default_rng(0)
-        with open(Path(ctx) / "weights.bin", "wb") as fh:
+            wheel.extractall(context / "site")
+        if salt is not None:
+            (context / "site" / "imgbuild-bench-salt.txt").write_text(salt)
+        rng = np.random.default_rng(seed)
+        with open(context / "weights.bin", "wb") as fh:
             for _ in range(weights_mb // 16):  # trained weights look like small normal values
                 fh.write((rng.standard_normal(4 * 1024 * 1024, dtype=np.float32) * 0.02).tobytes())
-        (Path(ctx) / "Containerfile").write_text(
-            f"FROM {BASE_TAG}\nCOPY site/ {SITE}/\nCOPY weights.bin /models/weights.bin\n")
-        print(f"building {TAG} ...", file=sys.stderr)
-        for line in engine.api.build(path=ctx, dockerfile="Containerfile", tag=TAG, rm=True, decode=True):
+        (context / "Containerfile").write_text(
+            f"FROM {base_tag}\nCOPY site/ {SITE}/\nCOPY weights.bin /models/weights.bin\n")
+        print(f"building {tag} ...", file=sys.stderr)
+        for line in engine.api.build(path=ctx, dockerfile="Containerfile", tag=tag, rm=True, decode=True):
             if "error" in line:
-                sys.exit(f"building {TAG} failed: {line['error']}")
+                sys.exit(f"building {tag} failed: {line['error']}")
             if line.get("stream", "").strip():
                 print(line["stream"].rstrip(), file=sys.stderr)
 

@@ -30,8 +30,8 @@ from imgbuild.progress import ProgressEvent  # noqa: E402
 from imgbuild.repair import RepairOptions, repair_set  # noqa: E402
 from imgbuild.verify import verify_set  # noqa: E402
 
-bench_archive.TAG = TAG = "localhost/imgbuild-bench-parity:1"
-bench_archive.BASE_TAG = "localhost/imgbuild-bench-parity-base:1"
+TAG = "localhost/imgbuild-bench-parity:1"
+BASE_TAG = "localhost/imgbuild-bench-parity-base:1"
 
 
 PARITY_STEP: list[float] = []  # seconds of the parity step of each archive --parity run
@@ -63,13 +63,13 @@ def main() -> None:
     args = parser.parse_args()
     host = args.host or os.environ.get(f"IMGBUILD_TEST_{args.engine.upper()}_HOST")
     with connect(args.engine, host) as engine:
-        bench_archive.build_image(engine, args.weights_mb)
+        bench_archive.build_image(engine, args.weights_mb, tag=TAG, base_tag=BASE_TAG)
         try:
             measure(engine, args.rounds, args.volumes)
         finally:
             if not args.keep_image:
                 engine.api.remove_image(TAG, force=True)
-                engine.api.remove_image(bench_archive.BASE_TAG, force=True)
+                engine.api.remove_image(BASE_TAG, force=True)
 
 
 def measure(engine: Engine, rounds: int, volumes: int) -> None:

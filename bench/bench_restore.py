@@ -27,21 +27,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_archive import BASE_TAG, SITE, engine_cli, torch_wheel  # noqa: E402  (shared image helpers)
+from bench_archive import build_image, engine_cli  # noqa: E402  (shared image helpers)
 
-from imgbuild import hostconfig  # noqa: E402
 from imgbuild.archive import ArchiveOptions, archive  # noqa: E402
-from imgbuild.bootstrap import BootstrapOptions, bootstrap_image, find_image  # noqa: E402
+from imgbuild.bootstrap import find_image  # noqa: E402
 from imgbuild.engines import Engine, connect  # noqa: E402
 from imgbuild.load import load_set  # noqa: E402
-from imgbuild.recipe_model import Bootstrap  # noqa: E402
 from imgbuild.verify import verify_set  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-restore:1"
@@ -49,31 +44,7 @@ TAG = "localhost/imgbuild-bench-restore:1"
 
 def make_image(engine: Engine, weights_mb: int) -> None:
     """bench_archive's image recipe with other weights (seed 1) and a salt file: layers of its own."""
-    if find_image(engine, TAG):
-        print(f"reusing {TAG}", file=sys.stderr)
-        return
-    mirror = hostconfig.apt_archive_url()
-    if not mirror:
-        sys.exit("this host has no apt sources to take a Debian mirror from")
-    if not find_image(engine, BASE_TAG):
-        bootstrap_image(engine, Bootstrap(suite="bookworm", include=["python3"]),
-                        BootstrapOptions(mirror=mirror, tag=BASE_TAG))
-    with tempfile.TemporaryDirectory(prefix="bench-restore-ctx-", dir=os.environ.get("BENCH_TMP")) as ctx:
-        context = Path(ctx)
-        print("unpacking the torch wheel and generating weights ...", file=sys.stderr)
-        with zipfile.ZipFile(torch_wheel()) as wheel:
-            wheel.extractall(context / "site")
-        (context / "site" / "imgbuild-bench-restore.txt").write_text("salt: this layer is not bench_archive's\n")
-        rng = np.random.default_rng(1)
-        with open(context / "weights.bin", "wb") as fh:
-            for _ in range(weights_mb // 16):
-                fh.write((rng.standard_normal(4 * 1024 * 1024, dtype=np.float32) * 0.02).tobytes())
-        (context / "Containerfile").write_text(
-            f"FROM {BASE_TAG}\nCOPY site/ {SITE}/\nCOPY weights.bin /models/weights.bin\n")
-        print(f"building {TAG} ...", file=sys.stderr)
-        for line in engine.api.build(path=ctx, dockerfile="Containerfile", tag=TAG, rm=True, decode=True):
-            if "error" in line:
-                sys.exit(f"building {TAG} failed: {line['error']}")
+    build_image(engine, weights_mb, tag=TAG, seed=1, salt="salt: this layer is not bench_archive's\n")
 
 
 def timed(fn: Callable[[], object]) -> float:
