@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from imgbuild import yamlsafe
 from imgbuild.errors import RecipeError
 from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint, Recipe
 
@@ -30,6 +31,11 @@ Position = tuple[int, int]  # 1-based line and column
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _STR_TAG = "tag:yaml.org,2002:str"
+
+
+def _short(text: object, limit: int = 60) -> str:
+    shown = text if isinstance(text, str) else repr(text)
+    return shown if len(shown) <= limit else shown[:limit - 3] + "..."
 
 
 def format_key(path: KeyPath) -> str:
@@ -69,19 +75,30 @@ def _error(file: str, positions: Mapping[KeyPath, Position], key: KeyPath, messa
 class _Tree:
     """Turns a composed YAML node tree into plain data, interpolating strings and recording positions."""
 
-    def __init__(self, file: str, env: Mapping[str, str]) -> None:
+    def __init__(self, file: str, env: Mapping[str, str] | None) -> None:
         self.file = file
-        self.env = env
+        self.env = env  # None: leave ${VAR} as written
+        self.budget = yamlsafe.NodeBudget(file)
         self.positions: dict[KeyPath, Position] = {}
         self.key_positions: dict[KeyPath, Position] = {}
         self.constructor = yaml.SafeLoader("")
 
     def convert(self, node: yaml.Node, path: KeyPath) -> Any:
+        self.budget.enter(node)
+        try:
+            return self._convert(node, path)
+        finally:
+            self.budget.leave(node)
+
+    def _convert(self, node: yaml.Node, path: KeyPath) -> Any:
         self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             out: dict[str, Any] = {}
             for key_node, value_node in node.value:
-                key = self.constructor.construct_object(key_node, deep=True)
+                if not isinstance(key_node, yaml.ScalarNode):
+                    # A collection as a key could hold an alias bomb that str() would expand.
+                    raise self.fail(key_node, path, "a key must be a plain value, not a list or mapping")
+                key = self.scalar(key_node, path)
                 if not isinstance(key, str):
                     key = str(key)
                 if key in out:
@@ -92,8 +109,15 @@ class _Tree:
         if isinstance(node, yaml.SequenceNode):
             return [self.convert(item, path + (i,)) for i, item in enumerate(node.value)]
         if node.tag == _STR_TAG:
-            return self.interpolate(node, path)
-        return self.constructor.construct_object(node, deep=True)
+            return self.interpolate(node, path) if self.env is not None else node.value
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.Node, path: KeyPath) -> Any:
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (ValueError, OverflowError) as exc:
+            # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
+            raise self.fail(node, path, f"cannot read value {_short(node.value)}: {_short(str(exc))}") from None
 
     def fail(self, node: yaml.Node, path: KeyPath, message: str, hint: str | None = None) -> RecipeError:
         return RecipeError(message, file=self.file, line=node.start_mark.line + 1,
@@ -182,8 +206,7 @@ def _describe(err: dict[str, Any], loc: tuple[Any, ...], key: str) -> tuple[str,
         return f"unknown key `{key}`", hint
     if kind == "missing":
         return f"missing required key `{key}`", None
-    shown = repr(err.get("input"))
-    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    shown = _short(repr(err.get("input")))
     message = err["msg"][len("Value error, "):] if err["msg"].startswith("Value error, ") else err["msg"]
     return (f"{message} (got {shown})" if kind not in ("value_error", "checkpoint_kind") else message), None
 
@@ -225,40 +248,40 @@ def _check_files(loaded: LoadedRecipe) -> None:
     for key, relative in wanted:
         if not relative:
             raise loaded.error("empty path", key)
-        if not loaded.resolve(relative).exists():
-            raise loaded.error(f"file not found: {relative} (looked in {loaded.resolve(relative)})", key)
+        found = loaded.resolve(relative)
+        if not found.exists():
+            raise loaded.error(f"file not found: {relative} (looked in {found})", key)
+        # A Containerfile or CA file is read whole; a device or FIFO would never end.
+        regular_only = key[-1] == "containerfile" or key[:2] == ("mirrors", "ca_certificates")
+        if not found.is_file() and (regular_only or not found.is_dir()):
+            kind = "a regular file" if regular_only else "a regular file or a folder"
+            raise loaded.error(f"{relative} is not {kind} ({found})", key)
+
+
+def parse_recipe_text(text: str, source: str, env: Mapping[str, str] | None = None) -> tuple[Recipe, _Tree]:
+    """Compose (bounded), interpolate with `env` (None: leave ${VAR} as written) and validate recipe text."""
+    node = yamlsafe.compose(text, source)
+    if not isinstance(node, yaml.MappingNode):
+        raise RecipeError("a recipe must be a YAML mapping (apiVersion, kind, metadata, base, app)",
+                          file=source, line=1, column=1)
+    tree = _Tree(source, env)
+    try:
+        data = tree.convert(node, ())
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        raise RecipeError(f"YAML: {exc.problem}", file=source, line=mark.line + 1 if mark else None,
+                          column=mark.column + 1 if mark else None) from None
+    try:
+        return Recipe.model_validate(data), tree
+    except ValidationError as exc:
+        raise _validation_error(source, tree, data, exc) from None
 
 
 def load_recipe(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedRecipe:
     """Read, interpolate and validate a recipe; raise RecipeError naming where any problem is."""
     file = Path(path)
-    shown = str(file)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe: {getattr(exc, 'strerror', None) or exc}", file=shown) from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        raise RecipeError(f"YAML syntax: {exc.problem or exc.context}", file=shown,
-                          line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"YAML syntax: {exc}", file=shown) from None
-    if not isinstance(node, yaml.MappingNode):
-        raise RecipeError("a recipe must be a YAML mapping (apiVersion, kind, metadata, base, app)",
-                          file=shown, line=1, column=1)
-    tree = _Tree(shown, os.environ if env is None else env)
-    try:
-        data = tree.convert(node, ())
-    except yaml.constructor.ConstructorError as exc:
-        mark = exc.problem_mark
-        raise RecipeError(f"YAML: {exc.problem}", file=shown, line=mark.line + 1 if mark else None,
-                          column=mark.column + 1 if mark else None) from None
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as exc:
-        raise _validation_error(shown, tree, data, exc) from None
+    text = yamlsafe.read_text(file)
+    recipe, tree = parse_recipe_text(text, str(file), os.environ if env is None else env)
     loaded = LoadedRecipe(recipe=recipe, path=file, folder=file.resolve().parent, text=text,
                           positions={**tree.positions, **tree.key_positions})
     _check_files(loaded)

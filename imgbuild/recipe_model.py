@@ -12,12 +12,33 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 API_VERSION = "imgbuild/v1"
 
+
+def _reference_lengths(value: str) -> str:
+    """The engines' limits on an image reference: the name at most 255 characters, the tag at most 128."""
+    name, _, tag = value.rpartition(":") if ":" in value.rsplit("/", 1)[-1] else (value, "", "")
+    if len(name) > 255:
+        raise ValueError(f"image name longer than 255 characters ({len(name)})")
+    if len(tag) > 128:
+        raise ValueError(f"image tag longer than 128 characters ({len(tag)})")
+    return value
+
+
+def _inside_app(value: str) -> str:
+    """A dest is a relative path that stays inside the app folder."""
+    parts = value.replace("\\", "/").split("/")
+    if not value or value.startswith("/") or ".." in parts or "\0" in value:
+        raise ValueError(f"dest must be a relative path inside the app folder, not {value[:80]!r}")
+    return value
+
+
 # A tag such as "localhost/demo-base:1" or "imgbuild/demo-app:latest".
-ImageTag = Annotated[str, Field(min_length=1, pattern=r"^[a-z0-9][a-z0-9._/:@-]*$")]
+ImageTag = Annotated[str, Field(min_length=1, max_length=400, pattern=r"^[a-z0-9][a-z0-9._/:@-]*$"),
+                     AfterValidator(_reference_lengths)]
+AppDest = Annotated[str, AfterValidator(_inside_app)]
 
 
 class _Model(BaseModel):
@@ -92,7 +113,7 @@ class ContextItem(_Model):
     """A local file or folder copied into the app layer's build context."""
 
     src: str = Field(description="File, folder or .zip, relative to the recipe.")
-    dest: str = Field(
+    dest: AppDest = Field(
         description="Path relative to the app folder: app/DEST in the build context, /opt/app/DEST in the image "
         "(with the default app Containerfile)."
     )
@@ -108,7 +129,7 @@ class HubCheckpoint(_Model):
     repo_type: Literal["model", "dataset", "space"] = "model"
     include: list[str] = Field(default_factory=list, description="fnmatch patterns; empty means all files.")
     exclude: list[str] = Field(default_factory=list)
-    dest: str = Field(description="Folder inside the app image, e.g. checkpoints/fish-speech-1.2-sft.")
+    dest: AppDest = Field(description="Folder inside the app image, e.g. checkpoints/fish-speech-1.2-sft.")
 
 
 class LocalCheckpoint(_Model):
@@ -117,7 +138,7 @@ class LocalCheckpoint(_Model):
     path: str = Field(description="File or folder, relative to the recipe.")
     include: list[str] = Field(default_factory=list)
     exclude: list[str] = Field(default_factory=list)
-    dest: str
+    dest: AppDest
 
 
 def _checkpoint_kind(value: Any) -> str | None:

@@ -20,14 +20,14 @@ from typing import Any
 
 import docker.errors
 import requests
-import yaml
 from pydantic import ValidationError
 
 from imgbuild.engines import Engine
-from imgbuild.errors import LoadError, UsageError
+from imgbuild.errors import LoadError, RecipeError, UsageError
 from imgbuild.load import LoadOptions, LoadResult, load_set, select_images
 from imgbuild.manifest import Image, SetManifest
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
+from imgbuild.recipe import parse_recipe_text
 from imgbuild.recipe_model import Recipe, Serve
 from imgbuild.volumes import locate_set
 
@@ -131,8 +131,9 @@ def _recipe_of(manifest: SetManifest) -> Recipe | None:
     if manifest.recipe is None:
         return None
     try:
-        return Recipe.model_validate(yaml.safe_load(manifest.recipe.recipe.text))
-    except (yaml.YAMLError, ValidationError, TypeError):
+        # Bounded like any recipe: the text comes from a disc and may be hostile.
+        return parse_recipe_text(manifest.recipe.recipe.text, "set manifest: recipe")[0]
+    except RecipeError:
         return None
 
 

@@ -10,19 +10,11 @@ import pytest
 from imgbuild.errors import RecipeError
 from imgbuild.recipe import allowed_keys, format_key, load_recipe
 from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
+from tests.support.hostile_recipes import HEADER
 
 REPO = Path(__file__).resolve().parent.parent
 
-MINIMAL = """\
-apiVersion: imgbuild/v1
-kind: Recipe
-metadata:
-  name: t
-base:
-  tag: localhost/t-base:1
-  bootstrap:
-    suite: bookworm
-"""
+MINIMAL = HEADER
 
 
 def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
