@@ -55,18 +55,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     p.add_argument("--cache-dir", type=Path, default=Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser()
                    / "imgbuild-tts" / "references", help="Where encoded references are kept.")  # fmt: skip
     p.add_argument("--no-disk-cache", action="store_true", help="Keep encoded references in memory only.")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="Address to listen on; images pass 0.0.0.0 so a published port reaches it.")  # fmt: skip
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--threads", type=int, default=0, help="Inference threads; default: physical cores.")
     p.add_argument("--max-chars", type=int, default=4096, help="Longest text accepted.")
     p.add_argument("--queue-size", type=int, default=8, help="Requests running or waiting; more get 429.")
     p.add_argument("--timeout", type=float, default=300.0, help="Seconds a request may wait and run.")
     p.add_argument("--no-preencode", action="store_true", help="Encode references on first use, not at start.")
+    p.add_argument("--voice-map", default="",
+                   help="OpenAI voice names -> voices: 'alloy=2r/happy,echo=default' or a file of NAME=VOICE "
+                   "lines. Names left out mean the default voice.")  # fmt: skip
+    p.add_argument("--api-key", default=None,
+                   help="Require 'Authorization: Bearer KEY' (OpenAI clients send their api_key so); "
+                   "better set through IMGBUILD_TTS_API_KEY than on the command line.")  # fmt: skip
+    p.add_argument("--docs", action="store_true", help="Serve /docs and /openapi.json.")
+    p.add_argument("--max-connections", type=int, default=64, help="Open connections; more get 503.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=__version__)
     _env_defaults(p)
     args = p.parse_args(argv)
-    for name in ("threads", "max_chars", "queue_size", "timeout"):
+    for name in ("threads", "max_chars", "queue_size", "timeout", "max_connections"):
         if getattr(args, name) < (0 if name == "threads" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive")
     config = ServerConfig(
@@ -80,8 +89,27 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
         max_pending=args.queue_size,
         request_timeout=args.timeout,
         preencode=not args.no_preencode,
+        voice_map=_voice_map(p, args.voice_map),
+        api_key=args.api_key or None,
+        docs=args.docs,
+        max_connections=args.max_connections,
     )
     return config, args
+
+
+def _voice_map(parser: argparse.ArgumentParser, value: str) -> tuple[tuple[str, str], ...]:
+    from .voices import parse_voice_map
+
+    source = "--voice-map"
+    if value and "=" not in value:
+        try:
+            source, value = value, Path(value).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            parser.error(f"--voice-map {value}: cannot read: {exc}")
+    try:
+        return tuple(parse_voice_map(value, source).items())
+    except ValueError as exc:
+        parser.error(str(exc))
 
 
 def main(argv: list[str] | None = None) -> int:

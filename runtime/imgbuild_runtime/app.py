@@ -1,11 +1,14 @@
-"""The HTTP API (FastAPI): OpenAI-style speech, voices, models, health, and fish-speech 1.2's /v1/invoke.
+"""The HTTP API (FastAPI): OpenAI's speech API, voices, models, health, and fish-speech 1.2's /v1/invoke.
 
-Every error leaves through one of the handlers at the bottom as a JSON body in OpenAI's error shape; nothing
-a request sends can stop the server.
+Every error leaves through one of the handlers at the bottom as a JSON body in OpenAI's error shape, with
+the status its SDK maps to an exception class (400 BadRequestError, 401 AuthenticationError, 404
+NotFoundError, 429 RateLimitError, 5xx InternalServerError); nothing a request sends can stop the server.
+A request whose client disconnects, or that passes its deadline, stops its synthesis (scheduler.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -22,10 +25,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api_models import InvokeRequest, SpeechRequest
-from .audio import CONTENT_TYPES, FORMATS, STREAM_FORMATS, encode, to_pcm16, wav_header
+from .encoders import CONTENT_TYPES, FORMATS, encode, open_encoder
 from .engine import Engine, EncodedReference, SynthesisOptions
-from .errors import BodyTooLarge, InvalidRequest, TTSError, UnknownModel, UnsupportedFormat, VoiceDataError
-from .scheduler import Scheduler
+from .errors import InvalidRequest, TTSError, UnknownModel, UnsupportedFormat, VoiceDataError
+from .guard import Guard
+from .scheduler import Job, Scheduler
 from .state import MODEL_ALIASES, ServerConfig, ServerState, make_engine
 
 log = logging.getLogger(__name__)
@@ -50,9 +54,17 @@ def create_app(
         yield
         state.scheduler.shutdown()
 
-    app = FastAPI(title="imgbuild TTS", version=__version__, lifespan=lifespan)
+    # The API description only when asked (--docs): a public server need not list itself.
+    docs = {} if config.docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="imgbuild TTS", version=__version__, lifespan=lifespan, **docs)
     app.state.tts = state
-    app.add_middleware(_BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(
+        Guard,
+        max_bytes=config.max_body_bytes,
+        body_timeout=config.body_timeout,
+        api_key=config.api_key,
+        reply=_error,
+    )
     _add_error_handlers(app)
 
     @app.get("/health")
@@ -73,17 +85,24 @@ def create_app(
         return catalog.to_json()
 
     @app.post("/v1/audio/speech")
-    async def speech(body: SpeechRequest) -> Response:
+    async def speech(body: SpeechRequest, request: Request) -> Response:
         info, _, _ = state.require_ready()
         if body.model and body.model not in (info.model, info.engine, *MODEL_ALIASES):
-            raise UnknownModel(f"unknown model {body.model!r}; this server has {info.model!r}", param="model")
-        return await _synthesize(state, body.input, body.voice, body.response_format, body.stream,
+            names = ", ".join((info.model, *MODEL_ALIASES))
+            raise UnknownModel(f"unknown model {body.model!r}; this server has {names}", param="model")
+        stream = body.stream if body.stream is not None else body.response_format not in ("wav", "flac")
+        return await _synthesize(state, request, body.input, body.voice, body.response_format, stream,
                                  SynthesisOptions(speed=body.speed), None, "input")  # fmt: skip
 
     @app.post("/v1/invoke")
-    async def invoke(body: InvokeRequest) -> Response:
+    async def invoke(body: InvokeRequest, request: Request) -> Response:
         state.require_ready()
         uploaded = None
+        limit = state.config.max_reference_chars
+        if body.reference_text and len(body.reference_text) > limit:
+            raise InvalidRequest(
+                f"reference_text has {len(body.reference_text)} characters; at most {limit}", param="reference_text"
+            )
         if body.reference_audio:
             try:
                 uploaded = (base64.b64decode(body.reference_audio, validate=True), body.reference_text or "")
@@ -92,7 +111,7 @@ def create_app(
         voice = None
         if body.speaker:
             voice = f"{body.speaker}/{body.emotion}" if body.emotion else body.speaker
-        response = await _synthesize(state, body.text, voice, body.format, body.streaming,
+        response = await _synthesize(state, request, body.text, voice, body.format, body.streaming,
                                      SynthesisOptions(sampling=body.sampling()), uploaded, "text")  # fmt: skip
         response.headers["Content-Disposition"] = f"attachment; filename=audio.{body.format}"
         return response
@@ -102,6 +121,7 @@ def create_app(
 
 async def _synthesize(
     state: ServerState,
+    request: Request,
     text: str,
     voice_name: str | None,
     fmt: str,
@@ -117,8 +137,6 @@ async def _synthesize(
         raise InvalidRequest(f"the text has {len(text)} characters; at most {state.config.max_chars}", param=text_param)
     if fmt not in FORMATS:
         raise UnsupportedFormat(f"unsupported audio format {fmt!r}; supported: {', '.join(FORMATS)}")
-    if stream and fmt not in STREAM_FORMATS:
-        raise UnsupportedFormat(f"streaming supports {' and '.join(STREAM_FORMATS)}, not {fmt!r}")
     voice = catalog.resolve(voice_name)
     options = SynthesisOptions(
         speed=options.speed, speaker=voice.speaker, sampling=options.sampling, low_latency=stream
@@ -134,38 +152,56 @@ async def _synthesize(
         return state.engine.synthesize(text, refs, options, cancel)
 
     started = time.monotonic()
-    chunks = state.scheduler.submit(work).chunks()
+    job = state.scheduler.submit(work)
+    chunks = job.chunks()
+    # Until the response starts, nothing else notices a client that hangs up: watch for it.
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, job))
     try:
-        # Wait for the first sentence before answering, so an error in it still gets a proper status.
-        first = await chunks.__anext__()
-    except StopAsyncIteration:
-        raise InvalidRequest("the text contains nothing to speak", param=text_param) from None
-    headers = {"X-Sample-Rate": str(info.sample_rate), "X-Voice": voice.name}
-    ttfa = time.monotonic() - started
-
-    if stream:
-        return StreamingResponse(
-            _stream_body(chunks, first, fmt, info.sample_rate, voice.name, started, ttfa),
-            media_type=CONTENT_TYPES[fmt],
-            headers=headers,
-        )
-    parts = [first]
-    async for chunk in chunks:
-        parts.append(chunk)
+        try:
+            # Wait for the first sentence before answering, so an error in it still gets a proper status.
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            raise InvalidRequest("the text contains nothing to speak", param=text_param) from None
+        headers = {"X-Sample-Rate": str(info.sample_rate), "X-Voice": voice.name}
+        ttfa = time.monotonic() - started
+        if stream:
+            return StreamingResponse(
+                _stream_body(chunks, first, fmt, info.sample_rate, voice.name, started, ttfa),
+                media_type=CONTENT_TYPES[fmt],
+                headers=headers,
+            )
+        parts = [first]
+        async for chunk in chunks:
+            parts.append(chunk)
+    finally:
+        watcher.cancel()
+        if not stream:
+            job.settle()
     audio = np.concatenate(parts)
     _log_done(voice.name, len(text), audio.size / info.sample_rate, time.monotonic() - started, ttfa)
     return Response(encode(audio, info.sample_rate, fmt), media_type=CONTENT_TYPES[fmt], headers=headers)
+
+
+async def _cancel_on_disconnect(request: Request, job: Job) -> None:
+    # The body was read already (guard.py), so the next message on the channel is the disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    log.info("client went away; stopping its synthesis")
+    job.settle()
 
 
 async def _stream_body(
     chunks: AsyncIterator[np.ndarray], first: np.ndarray, fmt: str, rate: int, voice: str, started: float, ttfa: float
 ) -> AsyncIterator[bytes]:
     samples = first.size
+    encoder = open_encoder(fmt, rate, stream=True)
     try:
-        yield (wav_header(rate, None) if fmt == "wav" else b"") + to_pcm16(first)
+        yield encoder.feed(first)
         async for chunk in chunks:
             samples += chunk.size
-            yield to_pcm16(chunk)
+            if data := encoder.feed(chunk):
+                yield data
+        yield encoder.finish()
     except TTSError as exc:
         # Headers are gone already: the audio simply ends early; the log says why.
         log.warning("stream for voice %s ended early: %s", voice, exc.message)
@@ -215,19 +251,3 @@ def _add_error_handlers(app: FastAPI) -> None:
         log.exception("unexpected error")
         return _error(TTSError(f"internal error: {type(exc).__name__}"))
 
-
-class _BodyLimit:
-    """Refuses bodies whose Content-Length exceeds the limit before reading them (pure ASGI, streams intact)."""
-
-    def __init__(self, app: Callable, max_bytes: int) -> None:  # type: ignore[type-arg]
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or ()).get(b"content-length", b"")
-            if length and (not length.isdigit() or int(length) > self.max_bytes):
-                response = _error(BodyTooLarge(f"request body over {self.max_bytes} bytes"))
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)

@@ -1,17 +1,13 @@
-"""Audio in and out: float32 mono chunks -> 16-bit WAV, raw PCM or FLAC; reference files -> float32."""
+"""Audio basics: 16-bit PCM and WAV headers (encoders.py builds the response formats on them), and reading
+uploaded or stored reference recordings with a bound on their decoded length."""
 
 from __future__ import annotations
 
 import io
 import struct
-from typing import Literal
 
 import numpy as np
 
-AudioFormat = Literal["wav", "pcm", "flac"]
-FORMATS: tuple[str, ...] = ("wav", "pcm", "flac")
-STREAM_FORMATS: tuple[str, ...] = ("wav", "pcm")
-CONTENT_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac"}
 # Unknown length while streaming: the largest sizes a RIFF header can state. Players read to the end.
 _UNKNOWN = 0xFFFFFFFF
 
@@ -37,26 +33,24 @@ def to_pcm16(audio: np.ndarray) -> bytes:
     return (clipped * 32767.0).astype("<i2").tobytes()
 
 
-def encode(audio: np.ndarray, sample_rate: int, fmt: str) -> bytes:
-    """A whole utterance in one of FORMATS."""
-    if fmt == "pcm":
-        return to_pcm16(audio)
-    if fmt == "wav":
-        return wav_header(sample_rate, len(audio)) + to_pcm16(audio)
-    if fmt == "flac":
-        import soundfile
-
-        buffer = io.BytesIO()
-        # The same 16-bit samples as wav/pcm (libsndfile's own float conversion rounds differently).
-        samples = np.frombuffer(to_pcm16(audio), dtype="<i2")
-        soundfile.write(buffer, samples, sample_rate, format="FLAC", subtype="PCM_16")
-        return buffer.getvalue()
-    raise ValueError(f"unknown audio format {fmt!r}")
+class TooLong(ValueError):
+    """A recording whose decoded length is over the limit; raised before it is decoded further."""
 
 
-def read_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Any file libsndfile reads (WAV, FLAC, OGG...) -> (mono float32 samples, sample rate)."""
+def read_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Any file libsndfile reads (WAV, FLAC, OGG...) -> (mono float32 samples, sample rate).
+
+    With max_seconds, at most that much (plus one frame) is decoded whatever the header claims: a small
+    compressed file of an hour of silence must not become gigabytes of samples.
+    """
     import soundfile
 
-    samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
-    return samples.mean(axis=1).astype(np.float32), int(rate)
+    with soundfile.SoundFile(io.BytesIO(data)) as f:
+        rate = int(f.samplerate)
+        limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
+        if max_seconds is not None and f.frames > limit:
+            raise TooLong(f"{f.frames / rate:.1f} s long; at most {max_seconds:g} s")
+        samples = f.read(limit, dtype="float32", always_2d=True)
+    if max_seconds is not None and len(samples) >= limit:
+        raise TooLong(f"over {max_seconds:g} s long")
+    return samples.mean(axis=1).astype(np.float32), rate

@@ -35,7 +35,9 @@ class EncodedReference:
     meta: Mapping[str, object] = field(default_factory=dict)
 
     def to_npz_dict(self) -> dict[str, np.ndarray]:
-        payload = {"__text__": np.array(self.text), "__meta__": np.array(json.dumps(dict(self.meta)))}
+        # The transcript as UTF-8 bytes: a numpy string array would store it as UTF-32, four times the size.
+        text = np.frombuffer(self.text.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+        payload = {"__text__": text, "__meta__": np.array(json.dumps(dict(self.meta)))}
         payload.update({f"a_{k}": v for k, v in self.arrays.items()})
         return payload
 
@@ -43,8 +45,15 @@ class EncodedReference:
     def from_npz_dict(data: Mapping[str, np.ndarray]) -> "EncodedReference":
         arrays = {k[2:]: np.asarray(v) for k, v in data.items() if k.startswith("a_")}
         return EncodedReference(
-            text=str(data["__text__"]), arrays=arrays, meta=json.loads(str(data["__meta__"]))
+            text=_text_of(data["__text__"]), arrays=arrays, meta=json.loads(str(data["__meta__"]))
         )
+
+
+def _text_of(stored: np.ndarray) -> str:
+    # Entries written before transcripts were stored as UTF-8 hold a numpy string.
+    if stored.dtype == np.uint8:
+        return stored.tobytes().decode("utf-8", "surrogatepass")
+    return str(stored)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class UnknownVoice(InvalidRequest):
 
 
 class UnknownModel(InvalidRequest):
+    status = 404  # as OpenAI answers for a model it does not have; its SDK raises NotFoundError
     code = "model_not_found"
 
 
@@ -57,6 +58,21 @@ class BodyTooLarge(InvalidRequest):
     code = "body_too_large"
 
 
+class Unauthorized(TTSError):
+    """A missing or wrong API key (`Authorization: Bearer KEY`); OpenAI's SDK raises AuthenticationError."""
+
+    status = 401
+    code = "invalid_api_key"
+    kind = "invalid_request_error"
+
+
+class BodyTimeout(InvalidRequest):
+    """The client stopped sending its request body (a slow or stalled upload)."""
+
+    status = 408
+    code = "body_timeout"
+
+
 class QueueFull(TTSError):
     status = 429
     code = "queue_full"
@@ -71,6 +87,13 @@ class NotReady(TTSError):
 class RequestTimeout(TTSError):
     status = 504
     code = "timeout"
+
+
+class ClientClosed(TTSError):
+    """The client went away before its answer (nginx's 499); only the log sees it."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 class EngineFailed(TTSError):

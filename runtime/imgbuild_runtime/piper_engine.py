@@ -22,6 +22,11 @@ _MIN_RMS = 1e-4
 _SPLIT_MIN_PHONEMES = 60
 _CLAUSE_MIN_PHONEMES = 15
 _CLAUSE_MARKS = (",", ";", ":")
+# The most phonemes one model run gets (about 10-15 s of speech). A VITS run's memory grows with its input,
+# faster than linearly: a 4096-character sentence without punctuation run whole took gigabytes. Longer
+# sentences are cut at the last word boundary within the budget; this also keeps each chunk short, so a
+# cancelled request stops soon.
+MAX_PHONEMES = 200
 
 
 class PiperEngine(Engine):
@@ -46,6 +51,9 @@ class PiperEngine(Engine):
         options.inter_op_num_threads = 1
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Without the arena, memory a long run took goes back to the system when the run ends, instead of
+        # staying reserved at the largest size any request ever needed.
+        options.enable_cpu_mem_arena = False
         session = onnxruntime.InferenceSession(
             str(self.model_path), sess_options=options, providers=["CPUExecutionProvider"]
         )
@@ -96,7 +104,7 @@ class PiperEngine(Engine):
         target_rms = sum(levels) / len(levels) if levels else None
         # The whole text is phonemized first (fast), then the model runs sentence by sentence: each chunk is
         # yielded as soon as its sentence is done, which is what a streaming client hears first.
-        sentences = [p for p in voice.phonemize(text) if p]
+        sentences = [piece for p in voice.phonemize(text) if p for piece in split_at_budget(p, MAX_PHONEMES)]
         if options.low_latency and sentences:
             sentences = _split_first_clause(sentences[0]) + sentences[1:]
         for phonemes in sentences:
@@ -107,6 +115,16 @@ class PiperEngine(Engine):
             if target_rms is not None and target_rms > _MIN_RMS:
                 audio = _match_level(audio, target_rms)
             yield audio
+
+
+def split_at_budget(phonemes: list[str], budget: int) -> list[list[str]]:
+    """Pieces of at most `budget` phonemes, cut after the last word boundary (" ") that fits, if any."""
+    pieces = []
+    while len(phonemes) > budget:
+        cut = next((i + 1 for i in range(budget - 1, budget // 2, -1) if phonemes[i] == " "), budget)
+        pieces.append(phonemes[:cut])
+        phonemes = phonemes[cut:]
+    return pieces + [phonemes] if phonemes else pieces
 
 
 def _split_first_clause(phonemes: list[str]) -> list[list[str]]:

@@ -3,7 +3,9 @@
 Encoding a reference is the slow step of every cloning request in fish-speech (the story's log: 34 s to
 load and encode 2.9 s of audio on an old CPU). The key is sha256(encoder id, sha256 of the audio bytes,
 sha256 of the transcript), so an edited .wav or .lab, or a new codec, never reuses stale tokens, and a
-renamed file still hits. Disk entries are .npz files written atomically (NAME.partial, fsync, rename).
+renamed file still hits. Disk entries are .npz files written atomically (NAME.partial, fsync, rename);
+their total size is capped, and the least recently used entries (by modification time, touched on every
+disk hit) are removed first. Uploaded recordings are decoded only up to a length limit.
 """
 
 from __future__ import annotations
@@ -20,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import read_audio
+from .audio import TooLong, read_audio
 from .engine import EncodedReference
 from .errors import BadReferenceAudio, TTSError, VoiceDataError
-from .voices import ReferencePair
+from .voices import ReferencePair, shown_path
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,20 @@ class CacheStats:
 
 
 class ReferenceCache:
-    def __init__(self, encoder_id: str, encode: Encoder, cache_dir: Path | None, max_items: int = 256) -> None:
+    def __init__(
+        self,
+        encoder_id: str,
+        encode: Encoder,
+        cache_dir: Path | None,
+        max_items: int = 256,
+        max_disk_bytes: int = 256 * 1024 * 1024,
+        max_seconds: float | None = None,
+        root: Path | None = None,
+    ) -> None:
         self.encoder_id = encoder_id
+        self._max_disk_bytes = max_disk_bytes
+        self._max_seconds = max_seconds
+        self._root = root
         self._encode = encode
         self.cache_dir = cache_dir
         self._max_items = max_items
@@ -64,8 +78,9 @@ class ReferenceCache:
             text = pair.text.read_text(encoding="utf-8").strip()
             digest = self._file_digest(pair.audio)
         except (OSError, UnicodeDecodeError) as exc:
-            raise VoiceDataError(f"cannot read reference {pair.audio} / {pair.text}: {exc}") from exc
-        return self._get(self.key(digest, text), pair.audio.read_bytes, text, str(pair.audio), VoiceDataError)
+            raise VoiceDataError(f"cannot read reference {shown_path(pair.audio, self._root)}: {exc}") from exc
+        what = shown_path(pair.audio, self._root)
+        return self._get(self.key(digest, text), pair.audio.read_bytes, text, what, VoiceDataError)
 
     def get_bytes(self, audio: bytes, text: str) -> EncodedReference:
         """The encoded form of an uploaded reference (fish-speech's base64 `reference_audio`)."""
@@ -98,7 +113,9 @@ class ReferenceCache:
                 self._disk_hits += 1
             else:
                 try:
-                    samples, rate = read_audio(load_audio())
+                    samples, rate = read_audio(load_audio(), self._max_seconds)
+                except TooLong as exc:
+                    raise error(f"{what} is {exc}") from exc
                 except Exception as exc:  # libsndfile raises its own error types for bad files
                     raise error(f"cannot decode {what}: {exc}") from exc
                 encoded = self._encode(samples, rate, text)
@@ -118,7 +135,9 @@ class ReferenceCache:
             return None
         try:
             with np.load(path, allow_pickle=False) as data:
-                return EncodedReference.from_npz_dict({k: data[k] for k in data.files})
+                encoded = EncodedReference.from_npz_dict({k: data[k] for k in data.files})
+            os.utime(path)  # recently used: pruned last
+            return encoded
         except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
             log.warning("reference cache entry %s is unreadable (%s); encoding again", path, exc)
             return None
@@ -135,7 +154,27 @@ class ReferenceCache:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(partial, path)
+            self._prune(keep=path)
         except OSError as exc:
             # A read-only image or a full disk must not fail the request: the memory cache still works.
             log.warning("cannot write reference cache entry %s: %s", path, exc)
             partial.unlink(missing_ok=True)
+
+    def _prune(self, keep: Path) -> None:
+        """Remove the least recently used entries until the cache fits its size cap."""
+        assert self.cache_dir is not None
+        entries = []
+        for entry in self.cache_dir.glob("*/*.npz"):
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime_ns, st.st_size, entry))
+        total = sum(size for _, size, _ in entries)
+        for _, size, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= self._max_disk_bytes:
+                break
+            if entry != keep:
+                entry.unlink(missing_ok=True)
+                total -= size
+

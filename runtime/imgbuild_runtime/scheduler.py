@@ -5,7 +5,10 @@ once would only share them and both be late. Requests beyond `max_pending` (runn
 at once with 429 instead of piling up; each request has a deadline covering its wait and its synthesis,
 checked between chunks (an ONNX run cannot be interrupted midway). Chunks cross from the inference thread to
 the event loop through an asyncio queue, so the first sentence is sent while the next is computed. A client
-that goes away cancels its job, and the worker skips it or stops at the next chunk.
+that goes away, or a request past its deadline, cancels its job: the worker skips it or stops at the next
+chunk (engines keep chunks short, see piper_engine.py). A request's queue slot is freed as soon as its
+answer is settled (complete, failed or abandoned), before the response is sent, so a client that asks again
+right after an answer is never refused because of its own previous request.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import EngineFailed, QueueFull, RequestTimeout, TTSError
+from .errors import ClientClosed, EngineFailed, QueueFull, RequestTimeout, TTSError
 
 Work = Callable[[threading.Event], Iterator[np.ndarray]]
 
@@ -40,11 +43,20 @@ class QueueState:
 
 
 class Job:
-    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, deadline: float, release: Callable[["Job"], None]) -> None:
         self.loop = loop
         self.deadline = deadline
         self.cancel = threading.Event()
         self.queue: asyncio.Queue[tuple[str, object]] = asyncio.Queue()
+        self._release = release
+
+    def settle(self) -> None:
+        """The client has its answer or is gone: stop the work and free the slot (event loop only)."""
+        if not self.cancel.is_set():
+            self.cancel.set()
+            # Wakes a reader still waiting (the client went away before the first chunk).
+            self.queue.put_nowait((_ERROR, ClientClosed("the client closed the connection")))
+        self._release(self)
 
     def _put(self, kind: str, value: object) -> None:
         try:
@@ -69,36 +81,34 @@ class Job:
                 else:
                     return
         finally:
-            self.cancel.set()
+            self.settle()
 
 
 class Scheduler:
     def __init__(self, max_pending: int, timeout: float) -> None:
         self.max_pending = max_pending
         self.timeout = timeout
-        self._pending = 0  # touched only on the event loop thread
+        self._jobs: set[Job] = set()  # admitted and not settled; touched only on the event loop thread
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tts-inference")
 
     def state(self) -> QueueState:
-        return QueueState(self._pending, self.max_pending, self.timeout)
+        return QueueState(len(self._jobs), self.max_pending, self.timeout)
 
     def submit(self, work: Work) -> Job:
         """Admit a request or raise QueueFull; the caller then iterates job.chunks()."""
-        if self._pending >= self.max_pending:
-            raise QueueFull(f"{self._pending} requests are already queued or running; try again later")
+        if len(self._jobs) >= self.max_pending:
+            raise QueueFull(f"{len(self._jobs)} requests are already queued or running; try again later")
         loop = asyncio.get_running_loop()
-        job = Job(loop, time.monotonic() + self.timeout)
-        self._pending += 1
+        job = Job(loop, time.monotonic() + self.timeout, self._jobs.discard)
+        self._jobs.add(job)
         future = loop.run_in_executor(self._executor, _run, job, work)
-        # The slot is freed when the worker is really done, not when the client leaves, so the bound holds
-        # for the work the CPU actually has.
-        future.add_done_callback(self._release)
+        # Normally the client's side settles the job first; this covers a job whose chunks were never read.
+        future.add_done_callback(lambda _f: job.settle())
         return job
 
-    def _release(self, _future: object) -> None:
-        self._pending -= 1
-
     def shutdown(self) -> None:
+        for job in list(self._jobs):
+            job.settle()  # the running engine stops at its next chunk, so the process can exit
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

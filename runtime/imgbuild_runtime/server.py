@@ -11,8 +11,27 @@ from .engine import Engine
 from .state import ServerConfig
 
 
+def uvicorn_config(app: object, config: ServerConfig, host: str, port: int, log_level: str = "info"):  # type: ignore[no-untyped-def]
+    """uvicorn's settings for this server: header deadline, keep-alive, connection limit, quick shutdown."""
+    import uvicorn
+
+    from .guard import header_deadline_protocol
+
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=header_deadline_protocol(config.header_timeout),
+        timeout_keep_alive=5,
+        limit_concurrency=config.max_connections,
+        # SIGTERM: open streams get this long to finish; the engine stops at its next chunk (Scheduler.shutdown).
+        timeout_graceful_shutdown=5,
+    )
+
+
 def serve(
-    config: ServerConfig, engine: Engine | None = None, host: str = "0.0.0.0", port: int = 8080, log_level: str = "info"
+    config: ServerConfig, engine: Engine | None = None, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info"
 ) -> int:
     """Serve until Ctrl-C/SIGTERM (returns 0) or until the model fails to load (returns 1)."""
     import uvicorn
@@ -28,7 +47,7 @@ def serve(
             server.should_exit = True
 
     app = create_app(config, engine=engine, on_load_failed=on_load_failed)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level))
+    server = uvicorn.Server(uvicorn_config(app, config, host, port, log_level))
     logging.getLogger(__name__).info("settings: %s", config.to_json())
     server.run()
     return 1 if failed else 0

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 ENGINES = ("piper", "sparktts")
 # Names OpenAI clients send; accepted as "the loaded model".
-MODEL_ALIASES = ("tts-1", "tts-1-hd")
+MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,21 @@ class ServerConfig:
     request_timeout: float = 300.0
     max_body_bytes: int = 32 * 1024 * 1024
     preencode: bool = True  # encode every ref_data reference while loading, so no request pays for it
+    voice_map: tuple[tuple[str, str], ...] = ()  # extra or changed aliases: ("alloy", "2r/happy"), ...
+    api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>` (not /health)
+    docs: bool = False  # serve /docs and /openapi.json
+    max_reference_chars: int = 1000  # /v1/invoke reference_text
+    max_reference_seconds: float = 60.0  # decoded length of an uploaded reference recording
+    cache_max_bytes: int = 256 * 1024 * 1024  # encoded references on disk; least recently used go first
+    header_timeout: float = 10.0  # seconds a connection may take to send a request's headers
+    body_timeout: float = 30.0  # seconds the server waits for each part of a request body
+    max_connections: int = 64  # open connections plus running requests; more get 503
 
     def to_json(self) -> dict[str, object]:
-        return {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        shown = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        shown["api_key"] = "set" if self.api_key else None  # the log must not hold the key
+        shown["voice_map"] = dict(self.voice_map)
+        return shown
 
 
 def make_engine(config: ServerConfig) -> Engine:
@@ -78,16 +90,25 @@ class ServerState:
             log.info("loading %s model %s with %d threads", self.config.engine, self.config.model, self.config.threads)
             self.engine.load()
             self.info = self.engine.info()
-            self.catalog = scan_ref_data(self.config.ref_data, self.info.speakers)
+            self.catalog = scan_ref_data(self.config.ref_data, self.info.speakers).with_aliases(
+                dict(self.config.voice_map)
+            )
             for problem in self.catalog.problems:
                 log.warning("ref_data: %s", problem)
-            self.cache = ReferenceCache(self.engine.encoder_id(), self.engine.encode_reference, self.config.cache_dir)
+            self.cache = ReferenceCache(
+                self.engine.encoder_id(),
+                self.engine.encode_reference,
+                self.config.cache_dir,
+                max_disk_bytes=self.config.cache_max_bytes,
+                max_seconds=self.config.max_reference_seconds,
+                root=self.config.ref_data,
+            )
             if self.config.preencode:
                 self._preencode()
             log.info("warming up")
             self.engine.warmup()
         except BaseException as exc:  # noqa: BLE001 - reported through /health and the callback
-            self.error = f"{type(exc).__name__}: {exc}"
+            self.error = self._hide_paths(f"{type(exc).__name__}: {exc}")
             log.exception("loading the model failed")
             if self.on_load_failed is not None:
                 self.on_load_failed(exc)
@@ -96,6 +117,13 @@ class ServerState:
         self.loaded_at = time.time()
         self.ready = True
         log.info("ready in %.1f s: %d voices", self.load_seconds, len(self.catalog.voices))
+
+    def _hide_paths(self, text: str) -> str:
+        """The server's folders out of a message that /health shows (the log keeps the full one)."""
+        for folder in (self.config.model.parent, self.config.ref_data, self.config.cache_dir):
+            if folder is not None and str(folder) not in ("", "."):
+                text = text.replace(f"{folder}/", "")
+        return text
 
     def _preencode(self) -> None:
         assert self.catalog is not None and self.cache is not None
