@@ -56,9 +56,10 @@ class Media(_Model):
 class Compression(_Model):
     algorithm: Literal["zstd"] = "zstd"
     level: Annotated[int, Field(ge=-7, le=22)]
-    # Long-distance matching; window_log is what a decompressor must allow (zstd CLI: --long=N when > 27).
+    # Long-distance matching; window_log is what a decompressor must allow. The writer uses at most 27 (plain
+    # `zstd -d` needs no --long); a larger value would make readers reserve up to 2 GiB, so it is refused.
     long: bool
-    window_log: Annotated[int, Field(ge=10, le=31)] | None = None
+    window_log: Annotated[int, Field(ge=10, le=27)] | None = None
 
 
 class FileEntry(_Model):
@@ -212,6 +213,8 @@ def parse_manifest(data: bytes, source: str) -> SetManifest:
         raise ManifestError(
             source, "format_version",
             f"{version!r} is not supported; this imgbuild reads versions {layout.READABLE_VERSIONS}",
+    except RecursionError:
+        raise ManifestError(source, "<file>", "nests JSON arrays or objects too deeply") from None
             hint="a newer imgbuild wrote this set; use that version (FORMAT.md describes every version)",
         )
     try:

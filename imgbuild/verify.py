@@ -271,15 +271,23 @@ def _check_end(item: _Expected, event: FileEnd, problems: list[Problem]) -> bool
     return False
 
 
-class _DigestSink:
-    """Where the deep check's decompressor writes: counts and hashes the layer tar."""
+class _TooBig(Exception):
+    pass
 
-    def __init__(self) -> None:
+
+class _DigestSink:
+    """Where the deep check's decompressor writes: counts and hashes the layer tar, and stops the
+    decompression (raises _TooBig) as soon as it grows past the size the manifest gives."""
+
+    def __init__(self, limit: int) -> None:
         self.size = 0
+        self.limit = limit
         self.sha = hashlib.sha256()
 
     def write(self, data: bytes) -> int:
         self.size += len(data)
+        if self.size > self.limit:
+            raise _TooBig
         self.sha.update(data)
         return len(data)
 
@@ -312,7 +320,7 @@ class _DeepCheck:
             self.broken.add(layer.number)
             return
         if index == 0:
-            self.sinks[layer.number] = _DigestSink()
+            self.sinks[layer.number] = _DigestSink(layer.size)
             decompressor = zstandard.ZstdDecompressor(max_window_size=self.window)
             self.writers[layer.number] = decompressor.stream_writer(self.sinks[layer.number], closefd=False)
         self.active = layer
@@ -325,6 +333,8 @@ class _DeepCheck:
             self.writers[layer.number].write(data)
         except zstandard.ZstdError as exc:
             self._fail(layer, f"zstd stream is damaged: {exc}")
+        except _TooBig:
+            self._fail(layer, f"decompresses to more than the {layer.size} bytes the manifest says (stopped there)")
 
     def end(self, item: _Expected, ok: bool) -> None:
         layer = self.active
@@ -341,6 +351,9 @@ class _DeepCheck:
             self.writers.pop(layer.number).flush()
         except zstandard.ZstdError as exc:
             self._fail(layer, f"zstd stream is damaged: {exc}")
+            return
+        except _TooBig:
+            self._fail(layer, f"decompresses to more than the {layer.size} bytes the manifest says (stopped there)")
             return
         sink = self.sinks.pop(layer.number)
         digest = "sha256:" + sink.sha.hexdigest()

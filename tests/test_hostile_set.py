@@ -1,0 +1,153 @@
+"""Hostile and unlucky sets on disc (synthetic, unit tier): decompression bombs, odd folders, bad manifests.
+
+Property tests: no byte string makes the manifest parser raise anything but ManifestError or exceed its
+time and memory bounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from imgbuild import layout
+from imgbuild.errors import ManifestError
+from imgbuild.manifest import dump_manifest, parse_manifest
+from imgbuild.verify import VerifyOptions, verify_set
+from tests.support import synthetic_set
+
+GIB = 1 << 30
+
+
+def rle_bomb(size: int) -> bytes:
+    """A zstd frame of RLE blocks that decompresses to ``size`` zero bytes: 4 bytes per 128 KiB."""
+    block = 128 * 1024
+    # magic, frame header: no content size, no checksum; window descriptor 2**17 (one block)
+    out = bytearray(struct.pack("<I", 0xFD2FB528) + bytes([0x00, (17 - 10) << 3]))
+    count = size // block
+    header = (block << 3) | (1 << 1)  # RLE block of `block` bytes
+    out += (struct.pack("<I", header)[:3] + b"\0") * (count - 1)
+    out += struct.pack("<I", header | 1)[:3] + b"\0"  # the last block
+    return bytes(out)
+
+
+def set_with_part(out: Path, part: bytes, change: Any = None) -> Path:
+    """A one-volume synthetic set whose only layer part is ``part`` (said to decompress to 1 MiB);
+    ``change`` edits the raw manifest."""
+    raw = json.loads(dump_manifest(synthetic_set.make_set(out, [len(part)])))
+    volume = raw["volumes"][0]
+    (out / volume["folder"] / volume["files"][0]["path"]).write_bytes(part)
+    sha = hashlib.sha256(part).hexdigest()
+    volume["files"][0]["sha256"] = raw["layers"][0]["parts"][0]["sha256"] = sha
+    raw["layers"][0]["compressed_sha256"] = sha
+    raw["layers"][0]["size"] = 1 << 20
+    if change:
+        change(raw)
+    synthetic_set.write_metadata(out, parse_manifest(json.dumps(raw).encode(), "test"))
+    return out
+
+
+@pytest.mark.timeout(60)  # without the bound, verify inflates the whole 100 GiB (minutes)
+def test_verify_deep_stops_a_decompression_bomb_at_the_layer_size(tmp_path: Path) -> None:
+    bomb = rle_bomb(100 * GIB)
+    assert len(bomb) < 4 * (1 << 20)
+    folder = set_with_part(tmp_path / "set", bomb)
+    assert verify_set([folder]).ok  # every file is what the manifest says
+    tracemalloc.start()
+    report = verify_set([folder], VerifyOptions(deep=True))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert [p.kind for p in report.problems] == ["layer"]
+    assert "more than the 1048576 bytes the manifest says (stopped there)" in report.problems[0].detail
+    assert peak < 100 * (1 << 20)
+
+
+@pytest.mark.parametrize("window_log", [28, 31])
+def test_a_window_above_what_the_writer_uses_is_refused(tmp_path: Path, window_log: int) -> None:
+    def wide(raw: dict[str, Any]) -> None:
+        raw["compression"].update(long=True, window_log=window_log)
+
+    raw = json.loads(dump_manifest(synthetic_set.make_set(tmp_path, [1000])))
+    wide(raw)
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(json.dumps(raw).encode(), "m.json")
+    assert err.value.field == "compression.window_log" and "27" in err.value.reason
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000, b'{"a":' * 100_000])
+def test_deeply_nested_manifest_is_a_manifest_error(data: bytes) -> None:
+    with pytest.raises(ManifestError, match="too deeply"):
+        parse_manifest(data, "m.json")
+
+
+# -- properties -------------------------------------------------------------------------------------
+
+PROPERTY = settings(max_examples=200, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                           lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids,
+                                                                                    max_size=4), max_leaves=30)
+
+
+def _parses_or_refuses(data: bytes) -> None:
+    tracemalloc.start()
+    try:
+        try:
+            parse_manifest(data, "m.json")
+        except ManifestError as err:
+            assert err.source == "m.json" and err.field and err.reason
+        assert tracemalloc.get_traced_memory()[1] < 100 * (1 << 20)
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.fixture(scope="module")
+def valid_raw(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    folder = tmp_path_factory.mktemp("raw")
+    return json.loads(dump_manifest(synthetic_set.make_set(folder, [1000, 2000])))
+
+
+@PROPERTY
+@given(data=st.binary(max_size=300))
+def test_property_any_bytes(data: bytes) -> None:
+    _parses_or_refuses(data)
+
+
+@PROPERTY
+@given(path=st.lists(st.sampled_from(["volumes", "layers", "images", "compression", "media", 0, 1, "files",
+                                      "parts", "size", "sha256", "path", "tags", "config", "number", "volume",
+                                      "offset", "window_log", "set_id", "format_version"]), min_size=1, max_size=5),
+       value=json_values)
+def test_property_a_valid_manifest_with_one_value_replaced(valid_raw: dict[str, Any], path: list[Any],
+                                                           value: Any) -> None:
+    raw = json.loads(json.dumps(valid_raw))
+    node = raw
+    for key in path[:-1]:
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    try:
+        node[path[-1]] = value
+    except (IndexError, TypeError):
+        pass
+    _parses_or_refuses(json.dumps(raw).encode())
+
+
+@PROPERTY
+@given(cut=st.integers(min_value=0, max_value=10_000), junk=st.binary(max_size=20))
+def test_property_a_damaged_manifest(valid_raw: dict[str, Any], cut: int, junk: bytes) -> None:
+    data = json.dumps(valid_raw).encode()
+    cut = cut % (len(data) + 1)
+    _parses_or_refuses(data[:cut] + junk + data[cut + len(junk):])
+
+
+def test_manifest_size_limit_is_named() -> None:
+    with pytest.raises(ManifestError, match=f"more than {layout.MAX_MANIFEST_BYTES}"):
+        parse_manifest(b" " * (layout.MAX_MANIFEST_BYTES + 1), "m.json")
