@@ -79,6 +79,11 @@ def create_app(
         entry = {"object": "model", "created": int(state.loaded_at), "owned_by": "imgbuild", **info.to_json()}
         return {"object": "list", "data": [{"id": info.model, **entry}]}
 
+    @app.get("/v1/audio/models")  # what Open WebUI asks an OpenAI-compatible speech server for
+    def audio_models() -> dict[str, object]:
+        info, _, _ = state.require_ready()
+        return {"models": [{"id": name} for name in (info.model, *MODEL_ALIASES)]}
+
     @app.get("/v1/audio/voices")
     def voices() -> dict[str, object]:
         _, catalog, _ = state.require_ready()
