@@ -6,6 +6,8 @@ Other entry points (e.g. a custom engine's serve script) call serve() with their
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 
 from .engine import Engine
 from .state import ServerConfig
@@ -49,5 +51,14 @@ def serve(
     app = create_app(config, engine=engine, on_load_failed=on_load_failed)
     server = uvicorn.Server(uvicorn_config(app, config, host, port, log_level))
     logging.getLogger(__name__).info("settings: %s", config.to_json())
-    server.run()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the handler that was
+    # there before it: with the default ones the process would die by the signal (exit 143, or a
+    # KeyboardInterrupt traceback) after a clean shutdown. Handlers that do nothing make it return 0.
+    main = threading.current_thread() is threading.main_thread()  # signal handlers live in the main thread
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT) if main}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 1 if failed else 0
