@@ -26,6 +26,7 @@ from imgbuild.archive_sources import ResolvedSources, resolve_sources
 from imgbuild.blockhash import BLOCK_SIZE
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ImgbuildError, UsageError
+from imgbuild.image_ids import describe
 from imgbuild.layer_pipeline import LONG_WINDOW_LOG, LayerArchiver, make_compressor
 from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Media, SetManifest, Tool,
                                Volume, dump_manifest, parse_manifest)
@@ -162,7 +163,7 @@ def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, 
     finally:
         archiver.close()
     layers, stored = archiver.layers, archiver.stored
-    images, configs = _images(resolved, saved, stored)
+    images, configs = _images(engine, resolved, saved, stored)
     used = {d for image in images for d in image.layers}
     if used != stored:
         raise ArchiveError(f"the engine's save stream holds layers no image uses: {sorted(stored - used)}")
@@ -231,7 +232,8 @@ def _coalesced(chunks: Iterator[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def _images(resolved: ResolvedSources, saved: SavedArchive, stored: set[str]) -> tuple[list[Image], list[bytes]]:
+def _images(engine: Engine, resolved: ResolvedSources, saved: SavedArchive,
+            stored: set[str]) -> tuple[list[Image], list[bytes]]:
     by_id: dict[str, tuple[bytes, list[str], list[str]]] = {}
     for entry in saved.docker_manifest():
         config = saved.config_bytes(str(entry.get("Config")))
@@ -243,13 +245,15 @@ def _images(resolved: ResolvedSources, saved: SavedArchive, stored: set[str]) ->
         by_id[image_id] = (config, list(entry.get("RepoTags") or []), diff_ids)
     images, configs = [], []
     for number, source in enumerate(resolved.images, start=1):
-        if source.id not in by_id:
-            raise ArchiveError(f"the engine's save stream lacks image {source.ref} ({source.id})")
-        config, saved_tags, diff_ids = by_id[source.id]
+        # A set names images by config digest; Docker's containerd image store by manifest digest.
+        image_id = saved.config_digest(source.id, set(by_id))
+        if image_id is None:
+            raise ArchiveError(f"the save stream of {describe(engine)} lacks image {source.ref} ({source.id})")
+        config, saved_tags, diff_ids = by_id[image_id]
         tags = source.tags or saved_tags
-        images.append(Image(number=number, id=source.id, tags=tags, role=source.role, layers=diff_ids,
+        images.append(Image(number=number, id=image_id, tags=tags, role=source.role, layers=diff_ids,
                             config=ConfigFile(path=layout.config_path(number), size=len(config),
-                                              sha256=source.id.split(":", 1)[1])))
+                                              sha256=image_id.split(":", 1)[1])))
         configs.append(config)
     return images, configs
 

@@ -122,7 +122,8 @@ def find_image(engine: Engine, ref: str) -> dict | None:
     except docker.errors.APIError as exc:
         if exc.status_code == 404:
             return None
-        raise EngineError(f"{engine.host}: cannot inspect {ref}: {exc.explanation or exc}") from exc
+        raise EngineError(f"{engine.kind} {engine.version} at {engine.host}: cannot inspect {ref}: "
+                          f"{exc.explanation or exc}") from exc
 
 
 def image_labels(info: dict | None) -> dict[str, str]:

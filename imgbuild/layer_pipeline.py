@@ -93,8 +93,10 @@ class LayerArchiver:
         sink = self._writer.layer(number)
         digest = hashlib.sha256()
         stream = self._compressor.compressobj(size=size)
+        counted = 0
         try:
             for chunk in chunks:
+                counted += len(chunk)
                 self._hashing.submit(digest.update, chunk)
                 self._writing.submit(sink.write, stream.compress(chunk))
                 self.done += len(chunk)
@@ -111,6 +113,8 @@ class LayerArchiver:
         if diff_id in self.stored:
             sink.abort()  # the same layer under another name: stored once per set
             return diff_id
+        if size < 0:  # a layer the engine saved compressed: its size is known once it is unpacked
+            size = counted
         parts, compressed_size, compressed_sha = sink.commit()
         self.layers.append(Layer(number=number, diff_id=diff_id, size=size, compressed_size=compressed_size,
                                  compressed_sha256=compressed_sha, parts=parts))

@@ -24,10 +24,10 @@ import docker.errors
 import zstandard
 
 from imgbuild import layout
-from imgbuild.bootstrap import find_image
 from imgbuild.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ChecksumMismatch, LoadError, UsageError
+from imgbuild.image_ids import describe, find_set_image
 from imgbuild.iso import is_iso
 from imgbuild.manifest import Image, Layer, Part, SetManifest
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
@@ -62,10 +62,13 @@ class LoadedImage:
     tags: tuple[str, ...]
     role: str | None
     status: str  # "loaded" or "present"
+    # The engine's own id: the set's id (config digest), except in Docker's containerd image store,
+    # which names an image by its manifest digest.
+    engine_id: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"number": self.number, "id": self.id, "tags": list(self.tags), "role": self.role,
-                "status": self.status}
+                "status": self.status, "engine_id": self.engine_id or self.id}
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,9 @@ def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOp
     located = locate_set(dirs, options.catalog)
     manifest = located.manifest
     chosen = select_images(manifest, options.images)
-    present = {image.number for image in chosen if _has_image(engine, image.id)}
+    engine_ids = {image.number: found for image in chosen
+                  if (found := _engine_id(engine, located, image)) is not None}
+    present = set(engine_ids)
     to_load = [image for image in chosen if image.number not in present]
     stream = _LayerStreams(located, to_load, options, progress)
     if to_load:
@@ -104,12 +109,15 @@ def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOp
         finally:
             stream.close()
         for image in to_load:
-            if not _has_image(engine, image.id):
-                raise LoadError(f"the engine accepted the archive but has no image {image.id} afterwards")
+            found = _engine_id(engine, located, image)
+            if found is None:
+                raise LoadError(f"{describe(engine)} accepted the archive but has no image {image.id} afterwards")
+            engine_ids[image.number] = found
     for image in chosen:
-        _tag(engine, image)
+        _tag(engine, image, engine_ids[image.number])
     results = tuple(LoadedImage(i.number, i.id, tuple(i.tags), i.role,
-                                "present" if i.number in present else "loaded") for i in chosen)
+                                "present" if i.number in present else "loaded", engine_ids[i.number])
+                    for i in chosen)
     return LoadResult(set_id=manifest.set_id, name=manifest.name, engine=engine.kind, images=results,
                       layers_sent=len(stream.layers), bytes_read=stream.bytes_read, bytes_sent=stream.bytes_sent,
                       seconds=time.monotonic() - started)
@@ -141,9 +149,10 @@ def select_images(manifest: SetManifest, wanted: Sequence[str]) -> list[Image]:
     return chosen
 
 
-def _has_image(engine: Engine, image_id: str) -> bool:
-    found = find_image(engine, image_id)
-    return found is not None and found.get("Id") == image_id
+def _engine_id(engine: Engine, located: LocatedSet, image: Image) -> str | None:
+    """The engine's id of the set's image, or None when the engine does not have it (image_ids.py)."""
+    return find_set_image(engine, image.id, lambda: _read_config(located, image),
+                          [engine_ref(engine, tag) for tag in image.tags if "@" not in tag])
 
 
 def _read_config(located: LocatedSet, image: Image) -> bytes:
@@ -166,9 +175,9 @@ def _post_load(engine: Engine, body: Iterable[bytes]) -> None:
         for line in engine.api.load_image(body):
             if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):
                 message = line.get("error") or line["errorDetail"].get("message", "")
-                raise LoadError(f"the engine refused the images: {message}")
+                raise LoadError(f"{describe(engine)} refused the images: {message}")
     except docker.errors.APIError as exc:
-        raise LoadError(f"the engine refused the images: {exc.explanation or exc}") from exc
+        raise LoadError(f"{describe(engine)} refused the images: {exc.explanation or exc}") from exc
 
 
 def engine_ref(engine: Engine, ref: str) -> str:
@@ -180,7 +189,7 @@ def engine_ref(engine: Engine, ref: str) -> str:
     return ref if engine.kind != "podman" or has_domain else f"localhost/{ref}"
 
 
-def _tag(engine: Engine, image: Image) -> None:
+def _tag(engine: Engine, image: Image, engine_id: str) -> None:
     for ref in image.tags:
         if "@" in ref:
             continue
@@ -189,9 +198,10 @@ def _tag(engine: Engine, image: Image) -> None:
         if ref.rfind(":") > ref.rfind("/"):
             repository, tag = ref.rsplit(":", 1)
         try:
-            engine.api.tag(image.id, repository, tag, force=True)
+            engine.api.tag(engine_id, repository, tag, force=True)
         except docker.errors.APIError as exc:
-            raise LoadError(f"cannot tag {image.id} as {ref}: {exc.explanation or exc}") from exc
+            raise LoadError(f"{describe(engine)}: cannot tag {engine_id} as {ref}: {exc.explanation or exc}") \
+                from exc
 
 
 class _LayerStreams:

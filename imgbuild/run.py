@@ -81,9 +81,10 @@ def load_and_run(engine: Engine, dirs: Sequence[Path], load_options: LoadOptions
     located = locate_set(dirs, load_options.catalog)
     image = pick_image(located.manifest, options.image)
     loaded = load_set(engine, dirs, load_options, progress)
-    serve = serve_spec(engine, located.manifest, image)
+    ref = next((i.engine_id for i in loaded.images if i.number == image.number and i.engine_id), image.id)
+    serve = serve_spec(engine, located.manifest, image, ref)
     with _sigterm_as_interrupt():
-        result = start_service(engine, image, serve, options, progress)
+        result = start_service(engine, image, serve, options, progress, ref=ref)
     result = replace(result, load=loaded)
     if options.detach:
         return result
@@ -110,12 +111,13 @@ def pick_image(manifest: SetManifest, name: str | None) -> Image:
                      f"choose one with --image ({names})")
 
 
-def serve_spec(engine: Engine, manifest: SetManifest, image: Image) -> Serve:
-    """The serve section: the recipe's when it describes this image, else the image's org.imgbuild.serve label."""
+def serve_spec(engine: Engine, manifest: SetManifest, image: Image, ref: str | None = None) -> Serve:
+    """The serve section: the recipe's when it describes this image, else the image's org.imgbuild.serve label.
+    ``ref`` is the engine's id of the image when it is not the set's (LoadedImage.engine_id)."""
     recipe = _recipe_of(manifest)
     if recipe is not None and recipe.app is not None and image.role in ("app", None):
         return recipe.app.serve
-    labels = (engine.api.inspect_image(image.id).get("Config") or {}).get("Labels") or {}
+    labels = (engine.api.inspect_image(ref or image.id).get("Config") or {}).get("Labels") or {}
     raw = labels.get(SERVE_LABEL)
     if raw:
         try:
@@ -138,8 +140,9 @@ def _recipe_of(manifest: SetManifest) -> Recipe | None:
 
 
 def start_service(engine: Engine, image: Image, serve: Serve, options: RunOptions,
-                  progress: ProgressCallback = no_progress) -> RunResult:
-    """Start a container of ``image`` serving ``serve`` and wait for its health check; removed on failure."""
+                  progress: ProgressCallback = no_progress, *, ref: str | None = None) -> RunResult:
+    """Start a container of ``image`` serving ``serve`` and wait for its health check; removed on failure.
+    ``ref`` is the engine's id of the image when it is not the set's (LoadedImage.engine_id)."""
     container_port = f"{serve.port}/tcp"
     host_port = serve.port if options.port is None else (options.port or None)
     kwargs: dict[str, Any] = {
@@ -151,7 +154,7 @@ def start_service(engine: Engine, image: Image, serve: Serve, options: RunOption
     if options.memory is not None:
         kwargs["mem_limit"] = options.memory
     try:
-        container = engine.client.containers.create(image.id, command=list(serve.command) or None, **kwargs)
+        container = engine.client.containers.create(ref or image.id, command=list(serve.command) or None, **kwargs)
     except docker.errors.APIError as exc:
         raise LoadError(f"cannot create a container of {image.id}: {exc.explanation or exc}") from exc
     with _removed_on_failure(engine, container.id):

@@ -2,9 +2,15 @@
 
 Both engines write layers before manifest.json, so a layer's role is only certain at the end: members are
 classified by what they are instead. Layers are the `*.tar` members (Podman: `<diff id>.tar`, Docker
-Engine 20.10: `<v1 id>/layer.tar`) or, in an OCI-style archive (newer Docker), `blobs/...` members that are
-not JSON. Small members (configs, manifest.json, repositories, per-layer json) are kept in memory.
-Symlinks and hard links (Podman links `<v1 id>/layer.tar` to `../<diff id>.tar`) become aliases.
+Engine 20.10: `<v1 id>/layer.tar`) or, in an OCI image layout (Docker Engine 25 and later write one beside
+manifest.json), `blobs/sha256/<digest>` members that are not JSON. Small members (configs, manifest.json,
+index.json, OCI manifests, repositories, per-layer json) are kept in memory. Symlinks and hard links (Podman
+links `<v1 id>/layer.tar` to `../<diff id>.tar`) become aliases.
+
+Docker's containerd image store keeps layers as they came (gzip from an import or a build, or zstd), and
+saves them so: a layer that starts with gzip's or zstd's magic bytes is unpacked on the fly, so the consumer
+always gets the uncompressed tar whose sha256 is the diff id. That store also names an image by the digest of
+its OCI manifest; `SavedArchive.config_digest` follows index.json and the manifests to the config digest.
 
 Reading happens in a background thread so the socket keeps flowing while the consumer hashes and
 compresses: the engine never waits for us unless the bounded queue is full. Headers are parsed with
@@ -19,15 +25,23 @@ import posixpath
 import queue
 import tarfile
 import threading
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import zstandard
 
 from imgbuild import layout
 from imgbuild.errors import ArchiveError
 
 BLOCK = 512
 QUEUE_DEPTH = 8
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+UNPACKED_CHUNK = 1 << 20
+OCI_INDEX_TYPES = ("application/vnd.oci.image.index.v1+json",
+                   "application/vnd.docker.distribution.manifest.list.v2+json")
 
 # (member name, uncompressed size, iterator over its bytes (memoryviews)) -> diff id ("sha256:<hex>")
 LayerConsumer = Callable[[str, int, Iterator[memoryview]], str]
@@ -68,6 +82,57 @@ class SavedArchive:
         if diff_id is None:
             raise ArchiveError(f"the engine's save stream lacks the layer {name}")
         return diff_id
+
+    def _oci_json(self, digest: str) -> dict[str, Any]:
+        algorithm, _, hexdigest = digest.partition(":")
+        raw = self.small_files.get(f"blobs/{algorithm}/{hexdigest}")
+        if raw is None:
+            raise ArchiveError(f"the engine's save stream lacks the OCI blob {digest}")
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise ArchiveError(f"the engine's OCI blob {digest} is not JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ArchiveError(f"the engine's OCI blob {digest} is not a JSON object")
+        return data
+
+    def oci_config_digests(self) -> dict[str, set[str]]:
+        """Digest of every manifest and index that index.json names -> the config digests under it.
+        Empty when the stream has no OCI layout (Podman, Docker Engine before 25)."""
+        raw = self.small_files.get("index.json")
+        if raw is None:
+            return {}
+        found: dict[str, set[str]] = {}
+
+        def walk(descriptor: Any, depth: int) -> set[str]:
+            if not isinstance(descriptor, dict) or not isinstance(descriptor.get("digest"), str) or depth > 4:
+                return set()
+            digest = descriptor["digest"]
+            if digest not in found:
+                found[digest] = set()  # a cycle ends here
+                document = self._oci_json(digest)
+                if descriptor.get("mediaType") in OCI_INDEX_TYPES or "manifests" in document:
+                    configs = set().union(*(walk(d, depth + 1) for d in document.get("manifests") or []))
+                else:
+                    configs = {str((document.get("config") or {}).get("digest"))}
+                found[digest] = configs
+            return found[digest]
+
+        try:
+            index = json.loads(raw)
+        except ValueError as exc:
+            raise ArchiveError(f"the engine's index.json is not JSON: {exc}") from exc
+        for descriptor in (index.get("manifests") or []) if isinstance(index, dict) else []:
+            walk(descriptor, 0)
+        return found
+
+    def config_digest(self, engine_id: str, configs: set[str]) -> str | None:
+        """The config digest of the image the engine calls ``engine_id``: the id itself where ids are config
+        digests, else the one config among ``configs`` (the saved images') its OCI manifest or index leads to."""
+        if engine_id in configs:
+            return engine_id
+        reachable = self.oci_config_digests().get(engine_id, set()) & configs
+        return next(iter(reachable)) if len(reachable) == 1 else None
 
 
 class _ChunkReader:
@@ -208,7 +273,10 @@ def read_save_stream(chunks: Iterable[bytes], on_layer: LayerConsumer) -> SavedA
             if not member.isfile():
                 continue
             peeked = _Peeked(pieces)
-            if _is_layer(name, member.size, peeked.head_bytes()):
+            head = peeked.head_bytes()
+            if _is_layer(name, member.size, head) and head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+                saved.layer_members[name] = on_layer(name, -1, _unpacked(name, head, peeked.all()))
+            elif _is_layer(name, member.size, head):
                 saved.layer_members[name] = on_layer(name, member.size, peeked.all())
             elif member.size <= layout.MAX_CONFIG_BYTES:
                 saved.small_files[name] = b"".join(peeked.all())
@@ -217,6 +285,29 @@ def read_save_stream(chunks: Iterable[bytes], on_layer: LayerConsumer) -> SavedA
     finally:
         reader.close()
     return saved
+
+
+def _unpacked(name: str, head: bytes, pieces: Iterator[memoryview]) -> Iterator[memoryview]:
+    """A gzip or zstd compressed layer's uncompressed bytes (the consumer is told its size is -1: unknown)."""
+    gzip = head.startswith(GZIP_MAGIC)
+    unpacker: Any = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS) if gzip else \
+        zstandard.ZstdDecompressor().decompressobj()
+    try:
+        for piece in pieces:
+            data = unpacker.decompress(piece, UNPACKED_CHUNK) if gzip else unpacker.decompress(piece)
+            while data:
+                yield memoryview(data)
+                # gzip: a highly compressed piece is unpacked in bounded steps, not all at once
+                data = unpacker.decompress(unpacker.unconsumed_tail, UNPACKED_CHUNK) \
+                    if gzip and unpacker.unconsumed_tail else b""
+        if gzip:
+            tail = unpacker.flush()
+            if tail:
+                yield memoryview(tail)
+            if not unpacker.eof:
+                raise ArchiveError(f"the engine's save stream: compressed layer {name} ends early")
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise ArchiveError(f"the engine's save stream: compressed layer {name} cannot be unpacked: {exc}") from exc
 
 
 class _Peeked:

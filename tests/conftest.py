@@ -1,7 +1,9 @@
 """Shared fixtures: real engines, unique tags, cleanup, and a small real image per engine.
 
 `engine` is parametrized over ("podman", "docker") and connects to IMGBUILD_TEST_PODMAN_HOST /
-IMGBUILD_TEST_DOCKER_HOST (`eval "$(scripts/engines.sh start)"` sets them). A missing variable skips the
+IMGBUILD_TEST_DOCKER_HOST (`eval "$(scripts/engines.sh start)"` sets them). Tests marked `newer_engines` also
+run on "podman5", "docker26" and "docker26c" (Docker 26 with the containerd image store), whose hosts
+`eval "$(scripts/engines-trixie.sh start)"` sets. A missing variable skips the
 test, except under CI=true, where it fails: CI must never pass by skipping the engine tests. Tests that
 use `engine` are marked `engine` automatically.
 
@@ -26,12 +28,26 @@ from imgbuild.bootstrap import BootstrapOptions, bootstrap_image
 from imgbuild.engines import Engine, connect
 from imgbuild.recipe_model import Bootstrap
 
-ENGINE_HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
+ENGINE_HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST",
+                    "podman5": "IMGBUILD_TEST_PODMAN5_HOST", "docker26": "IMGBUILD_TEST_DOCKER26_HOST",
+                    "docker26c": "IMGBUILD_TEST_DOCKER26C_HOST"}
+ENGINE_KINDS = {"podman": "podman", "docker": "docker", "podman5": "podman", "docker26": "docker",
+                "docker26c": "docker"}
+NEWER_ENGINES = ("podman5", "docker26", "docker26c")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1", "yes")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every engine test runs on Debian 12's engines; those marked `newer_engines` on today's engines too."""
+    if "engine" in metafunc.fixturenames:
+        names = ["podman", "docker"]
+        if metafunc.definition.get_closest_marker("newer_engines"):
+            names += NEWER_ENGINES
+        metafunc.parametrize("engine", names, indirect=True, scope="session")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,14 +73,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-@pytest.fixture(scope="session", params=["podman", "docker"])
+@pytest.fixture(scope="session")
 def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
     """A real engine of each kind; skipped when not configured, failed under CI."""
-    kind = request.param
-    var = ENGINE_HOST_VARS[kind]
+    name = request.param
+    kind = ENGINE_KINDS[name]
+    var = ENGINE_HOST_VARS[name]
     host = os.environ.get(var)
     if not host:
-        message = f"{var} is not set (eval \"$(scripts/engines.sh start)\")"
+        script = "engines-trixie.sh" if name in NEWER_ENGINES else "engines.sh"
+        message = f"{var} is not set (eval \"$(scripts/{script} start)\")"
         if in_ci():
             pytest.fail(f"CI=true but {message}: engine tests must run in CI")
         pytest.skip(message)

@@ -23,7 +23,8 @@ import docker.errors
 from imgbuild import layout
 from imgbuild.archive import ArchiveOptions, ArchiveResult, archive
 from imgbuild.engines import Engine, connect
-from imgbuild.manifest import SetManifest, dump_manifest, parse_manifest
+from imgbuild.image_ids import image_store
+from imgbuild.manifest import Image, SetManifest, dump_manifest, parse_manifest
 
 HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
 SERVE = {"port": 8080, "command": ["python3", "-m", "http.server", "8080", "-d", "/srv"],
@@ -104,6 +105,26 @@ def remove_images(engine: Engine, refs: list[str]) -> None:
             engine.api.remove_image(ref, force=True)
         except docker.errors.APIError:
             pass
+
+
+def set_image_id(engine: Engine, image: Image) -> str | None:
+    """The engine's id of a set's image, or None when absent. Docker's containerd image store names images by
+    manifest digest, so there the image is the one whose layers are the set image's (random, so unique)."""
+    try:
+        if engine.api.inspect_image(image.id)["Id"] == image.id:
+            return image.id
+    except docker.errors.APIError:
+        pass
+    if image_store(engine) != "containerd":
+        return None
+    for entry in engine.api.images(all=True):
+        try:
+            info = engine.api.inspect_image(entry["Id"])
+        except docker.errors.APIError:
+            continue
+        if (info.get("RootFS") or {}).get("Layers") == list(image.layers):
+            return str(info["Id"])
+    return None
 
 
 def image_exists(engine: Engine, ref: str) -> bool:
