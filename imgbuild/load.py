@@ -53,6 +53,7 @@ class LoadOptions:
     images: tuple[str, ...] = ()
     ask_volume: AskVolume | None = None
     chunk_size: int = CHUNK_SIZE
+    set_id: str | None = None  # which set, when the folders hold volumes of several
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOp
              progress: ProgressCallback = no_progress) -> LoadResult:
     """Load the chosen images (default: all) of the set found under ``dirs`` into ``engine``."""
     started = time.monotonic()
-    located = locate_set(dirs, options.catalog)
+    located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
     chosen = select_images(manifest, options.images)
     engine_ids = {image.number: found for image in chosen

@@ -42,6 +42,7 @@ class RepairOptions:
     out: Path
     catalog: Path | None = None
     iso: bool = False
+    set_id: str | None = None  # which set, when the folders hold volumes of several
     chunk_size: int = erasure.CHUNK
 
 
@@ -73,10 +74,10 @@ class RepairResult:
 def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressCallback = no_progress) -> RepairResult:
     """Rebuild what is damaged or missing in the set under ``dirs`` into ``options.out``."""
     started = time.monotonic()
-    located = locate_set(dirs, options.catalog)
+    located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
     check_parity(manifest)
-    report = verify_set(dirs, VerifyOptions(catalog=options.catalog), progress)
+    report = verify_set(dirs, VerifyOptions(catalog=options.catalog, set_id=options.set_id), progress)
     recovery = assess(manifest, located.folders, report.problems, volume_locations(located.folders))
     empty = RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0)
     if not recovery.targets:
@@ -93,7 +94,7 @@ def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressC
     except BaseException:
         rebuild.discard()
         raise
-    check = verify_set(finals, VerifyOptions(catalog=options.catalog))
+    check = verify_set(finals, VerifyOptions(catalog=options.catalog, set_id=options.set_id))
     if not check.ok:
         first = check.problems[0]
         raise ArchiveError(f"the rebuilt volumes do not verify: {first.path}: {first.detail}")

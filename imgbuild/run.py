@@ -78,7 +78,7 @@ def load_and_run(engine: Engine, dirs: Sequence[Path], load_options: LoadOptions
     ``on_ready`` is called with the result once healthy, and this blocks until SIGINT/SIGTERM or until the
     container exits, then stops and removes the container.
     """
-    located = locate_set(dirs, load_options.catalog)
+    located = locate_set(dirs, load_options.catalog, load_options.set_id)
     image = pick_image(located.manifest, options.image)
     loaded = load_set(engine, dirs, load_options, progress)
     ref = next((i.engine_id for i in loaded.images if i.number == image.number and i.engine_id), image.id)

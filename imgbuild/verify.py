@@ -35,6 +35,7 @@ from imgbuild.volumes import LocatedSet, locate_set, safe_member
 class VerifyOptions:
     deep: bool = False
     catalog: Path | None = None
+    set_id: str | None = None  # which set, when the folders hold volumes of several
     chunk_size: int = CHUNK_SIZE
 
 
@@ -110,7 +111,7 @@ def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
     Raises ManifestError when no trustworthy manifest exists (all copies hostile or unreadable).
     """
     started = time.monotonic()
-    located = locate_set(dirs, options.catalog)
+    located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
     problems = [Problem("folder", f.folder, f.reason) for f in located.findings]
     missing = tuple(located.missing()) if located.whole_set_expected else ()

@@ -56,9 +56,11 @@ class LocatedSet:
                f"of set {self.manifest.name})"
 
 
-def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool]:
-    """Volume folders under ``dirs``, and whether a set folder was given (then every volume is expected)."""
+def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool, list[Finding]]:
+    """Volume folders under ``dirs``, whether a set folder was given (then every volume is expected), and
+    volume folders left out because they are symlinks (a set folder's volumes are not followed elsewhere)."""
     found: list[Path] = []
+    skipped: list[Finding] = []
     set_folder_given = False
     for d in dirs:
         if is_iso(d):  # an .iso image named by the user is one volume (imgbuild/iso.py reads it)
@@ -69,15 +71,38 @@ def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool]:
         if (d / layout.MANIFEST_NAME).exists():
             found.append(d)
             continue
-        children = sorted(c for c in d.iterdir() if c.is_dir() and not c.is_symlink()
-                          and not c.name.endswith(layout.PARTIAL_SUFFIX) and (c / layout.MANIFEST_NAME).exists())
+        entries = sorted(d.iterdir())
+        children = [c for c in entries if c.is_dir() and not c.is_symlink()
+                    and not c.name.endswith(layout.PARTIAL_SUFFIX) and (c / layout.MANIFEST_NAME).exists()]
+        for link in (c for c in entries if c.is_symlink() and (c / layout.MANIFEST_NAME).exists()):
+            skipped.append(Finding(str(link), f"is a symlink to {os.readlink(link)}: volume folders inside a set "
+                                              f"folder are not followed; name {link.resolve()} itself to use it"))
         if not children:
-            partial = sorted(c.name for c in d.iterdir() if c.name.endswith(layout.PARTIAL_SUFFIX))
-            hint = f"{', '.join(partial)} is an unfinished archive; rerun the archive command" if partial else None
-            raise ArchiveError(f"{d}: no volume of an imgbuild set here (no {layout.MANIFEST_NAME})", hint=hint)
+            raise ArchiveError(f"{d}: no volume of an imgbuild set here ({_why_empty(entries)})",
+                               hint=_hint_empty(d, entries, skipped))
         found.extend(children)
         set_folder_given = True
-    return found, set_folder_given
+    return found, set_folder_given, skipped
+
+
+def _why_empty(entries: list[Path]) -> str:
+    isos = [e for e in entries if is_iso(e)]
+    if isos:
+        return f"no volume folder; it holds {len(isos)} .iso image(s), which are read only when named one by one"
+    if any(e.is_symlink() for e in entries):
+        return f"no volume folder but symlinks, which are not followed (no {layout.MANIFEST_NAME} here)"
+    return f"no {layout.MANIFEST_NAME} in it or in any folder in it"
+
+
+def _hint_empty(d: Path, entries: list[Path], skipped: list[Finding]) -> str | None:
+    if any(is_iso(e) for e in entries):
+        return f"name the images: imgbuild verify {d}/*.iso"
+    partial = [e.name for e in entries if e.name.endswith(layout.PARTIAL_SUFFIX)]
+    if partial:
+        return f"{', '.join(partial)} is an unfinished archive; rerun the archive command"
+    if skipped:
+        return "; ".join(f"{f.folder} {f.reason}" for f in skipped)
+    return None
 
 
 def read_small_file(path: Path, limit: int) -> bytes:
@@ -101,25 +126,30 @@ def read_small_file(path: Path, limit: int) -> bytes:
     return data
 
 
-def locate_set(dirs: Sequence[Path], catalog: Path | None = None) -> LocatedSet:
-    """Find the volumes among ``dirs`` and the trusted manifest; refuses hostile manifests (ManifestError)."""
-    folders, whole_set = candidate_folders(dirs)
+def locate_set(dirs: Sequence[Path], catalog: Path | None = None, set_id: str | None = None) -> LocatedSet:
+    """Find the volumes among ``dirs`` and the trusted manifest; refuses hostile manifests (ManifestError).
+    Volumes of several sets need ``set_id`` to say which one; those of the other sets are then left out."""
+    folders, whole_set, findings = candidate_folders(dirs)
     copies: dict[Path, bytes] = {}
+    unreadable: dict[Path, str] = {}
     for folder in folders:
         try:
             copies[folder] = read_small_file(folder / layout.MANIFEST_NAME, layout.MAX_MANIFEST_BYTES)
-        except ArchiveError:
-            copies[folder] = b""
+        except ArchiveError as exc:
+            copies[folder], unreadable[folder] = b"", str(exc)
     if catalog is not None:
         trusted_bytes = read_small_file(catalog, layout.MAX_MANIFEST_BYTES)
         source = str(catalog)
         manifest = parse_manifest(trusted_bytes, source)
     else:
-        manifest, trusted_bytes, source = _majority_manifest(copies)
-    findings: list[Finding] = []
+        manifest, trusted_bytes, source = _majority_manifest(copies, unreadable, set_id)
+    if set_id is not None and manifest.set_id != set_id:
+        raise ArchiveError(f"{source} is the manifest of set {manifest.set_id}, not of --set {set_id}")
     numbers: dict[int, Path] = {}
     for folder in folders:
         number = identify_volume(folder, manifest)
+        if number is None and set_id is not None and _set_of(copies[folder]) not in (None, set_id):
+            continue  # a volume of another set, left out as asked
         if number is None:
             findings.append(Finding(str(folder), f"is not a volume of set {manifest.set_id} ({manifest.name})"))
         elif number in numbers:
@@ -131,20 +161,49 @@ def locate_set(dirs: Sequence[Path], catalog: Path | None = None) -> LocatedSet:
                       findings=tuple(findings))
 
 
-def _majority_manifest(copies: dict[Path, bytes]) -> tuple[SetManifest, bytes, str]:
-    """The manifest copy most volumes hold that parses; the first refusal is raised when none does."""
+def _set_of(data: bytes) -> str | None:
+    try:
+        return parse_manifest(data, "-").set_id if data else None
+    except ManifestError:
+        return None
+
+
+def _majority_manifest(copies: dict[Path, bytes], unreadable: dict[Path, str],
+                       set_id: str | None) -> tuple[SetManifest, bytes, str]:
+    """The manifest copy most volumes hold that parses (of set ``set_id`` when given); refuses to choose
+    between several sets; when no copy parses, says why for each."""
     counts = Counter(data for data in copies.values() if data)
-    first_error: ManifestError | None = None
+    errors: dict[Path, str] = dict(unreadable)
+    sets: dict[str, tuple[SetManifest, bytes, str, list[Path]]] = {}
     for data, _ in counts.most_common():
-        folder = next(f for f, d in copies.items() if d == data)
-        source = str(folder / layout.MANIFEST_NAME)
+        holders = [f for f, d in copies.items() if d == data]
+        source = str(holders[0] / layout.MANIFEST_NAME)
         try:
-            return parse_manifest(data, source), data, source
+            manifest = parse_manifest(data, source)
         except ManifestError as exc:
-            first_error = first_error or exc
-    if first_error is not None:
-        raise first_error
-    raise ArchiveError("no readable set manifest in " + ", ".join(str(f) for f in copies))
+            errors.update({f: str(exc) for f in holders})
+            continue
+        if manifest.set_id not in sets:  # the first of a set is the copy most of its volumes hold
+            sets[manifest.set_id] = (manifest, data, source, [])
+        sets[manifest.set_id][3].extend(holders)
+    if set_id is not None:
+        if set_id in sets:
+            return sets[set_id][:3]
+        raise ArchiveError(f"no volume of set {set_id} here" + (f"; found {_list_sets(sets)}" if sets else ""))
+    if len(sets) > 1:
+        raise ArchiveError(f"volumes of {len(sets)} sets here: {_list_sets(sets)}",
+                           hint="choose one with --set SETID")
+    if sets:
+        return next(iter(sets.values()))[:3]
+    for folder, data in copies.items():
+        if not data and folder not in errors:
+            errors[folder] = f"{folder / layout.MANIFEST_NAME}: empty file"
+    raise ArchiveError("no readable set manifest: " + "; ".join(errors[f] for f in copies))
+
+
+def _list_sets(sets: dict[str, tuple[SetManifest, bytes, str, list[Path]]]) -> str:
+    return "; ".join(f"set {sid} ({m.name}) in {', '.join(str(f) for f in sorted(holders))}"
+                     for sid, (m, _, _, holders) in sets.items())
 
 
 def identify_volume(folder: Path, manifest: SetManifest) -> int | None:

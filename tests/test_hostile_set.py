@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgbuild import layout
-from imgbuild.errors import ManifestError
+from imgbuild.errors import ArchiveError, ManifestError
 from imgbuild.manifest import dump_manifest, parse_manifest
 from imgbuild.verify import VerifyOptions, verify_set
 from tests.support import synthetic_set
@@ -151,3 +151,71 @@ def test_property_a_damaged_manifest(valid_raw: dict[str, Any], cut: int, junk: 
 def test_manifest_size_limit_is_named() -> None:
     with pytest.raises(ManifestError, match=f"more than {layout.MAX_MANIFEST_BYTES}"):
         parse_manifest(b" " * (layout.MAX_MANIFEST_BYTES + 1), "m.json")
+
+
+# -- folders and manifests that need clearer words --------------------------------------------------
+
+def two_volume_set(out: Path, set_id: str = synthetic_set.SET_ID) -> list[Path]:
+    manifest = synthetic_set.make_set(out, [3000, 2000], set_id=set_id)
+    synthetic_set.write_metadata(out, manifest)
+    return [out / v.folder for v in manifest.volumes]
+
+
+def test_a_symlinked_volume_folder_in_a_set_folder_is_named_as_a_symlink(tmp_path: Path) -> None:
+    volumes = two_volume_set(tmp_path / "set")
+    moved = tmp_path / "elsewhere"
+    volumes[1].rename(moved)
+    volumes[1].symlink_to(moved)
+    report = verify_set([tmp_path / "set"])
+    folder = [p for p in report.problems if p.kind == "folder"]
+    assert [p.path for p in folder] == [str(volumes[1])]
+    assert f"is a symlink to {moved}" in folder[0].detail and "not followed" in folder[0].detail
+    assert verify_set([tmp_path / "set" / volumes[0].name, moved]).ok  # named itself, it is used
+
+
+def test_a_folder_of_iso_images_says_so(tmp_path: Path) -> None:
+    (tmp_path / "SETID-vol001.iso").write_bytes(b"\0" * 2048)
+    with pytest.raises(ArchiveError) as err:
+        verify_set([tmp_path])
+    assert "1 .iso image(s)" in str(err.value) and f"{tmp_path}/*.iso" in (err.value.hint or "")
+
+
+@pytest.mark.parametrize("content, words", [(b"", "empty file"), (None, f"larger than {layout.MAX_MANIFEST_BYTES}")])
+def test_an_empty_or_oversized_manifest_says_why(tmp_path: Path, content: bytes | None, words: str) -> None:
+    volumes = two_volume_set(tmp_path / "set")
+    for volume in volumes:
+        path = volume / layout.MANIFEST_NAME
+        if content is None:
+            with path.open("r+b") as fh:
+                fh.truncate(layout.MAX_MANIFEST_BYTES + 1)
+        else:
+            path.write_bytes(content)
+    with pytest.raises(ArchiveError) as err:
+        verify_set([tmp_path / "set"])
+    text = str(err.value)
+    assert text.startswith("no readable set manifest: ") and text.count(words) == 2, text
+    assert str(volumes[0] / layout.MANIFEST_NAME) in text
+
+
+def test_several_sets_in_one_folder_need_set_and_are_listed(tmp_path: Path) -> None:
+    first = two_volume_set(tmp_path / "set")
+    second = two_volume_set(tmp_path / "set", set_id="fedcba9876543210")
+    with pytest.raises(ArchiveError) as err:
+        verify_set([tmp_path / "set"])
+    assert "volumes of 2 sets here" in str(err.value) and "--set" in (err.value.hint or "")
+    assert synthetic_set.SET_ID in str(err.value) and "fedcba9876543210" in str(err.value)
+    for set_id, volumes in ((synthetic_set.SET_ID, first), ("fedcba9876543210", second)):
+        report = verify_set([tmp_path / "set"], VerifyOptions(set_id=set_id))
+        assert report.ok and report.set_id == set_id and report.volumes_checked == (1, 2), report.problems
+    with pytest.raises(ArchiveError, match="no volume of set 1111111111111111 here"):
+        verify_set([tmp_path / "set"], VerifyOptions(set_id="1111111111111111"))
+
+
+def test_repair_also_refuses_to_choose_between_sets(tmp_path: Path) -> None:
+    from imgbuild.repair import RepairOptions, repair_set
+
+    two_volume_set(tmp_path / "set")
+    two_volume_set(tmp_path / "set", set_id="fedcba9876543210")
+    with pytest.raises(ArchiveError, match="volumes of 2 sets here"):
+        repair_set([tmp_path / "set"], RepairOptions(out=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit, progress_for
+from imgbuild.cli.common import JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for
 from imgbuild.damage import describe
 from imgbuild.repair import RepairOptions, RepairResult, repair_set
 
@@ -44,11 +44,12 @@ def repair_command(
     manifest: Annotated[Path | None, typer.Option(
         "--manifest", help="Trust this catalog copy of the manifest (manifests/SETID.json).")] = None,
     iso: Annotated[bool, typer.Option("--iso", help="Also write an ISO image of each rebuilt volume.")] = False,
+    set_id: SetOpt = None,
     json_out: JsonOpt = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rebuild only the damaged or missing volumes of a set (needs its parity volumes), then verify them."""
-    options = RepairOptions(out=out, catalog=manifest, iso=iso)
+    options = RepairOptions(out=out, catalog=manifest, iso=iso, set_id=set_id)
     with progress_for(json_out, verbose) as progress:
         result = repair_set(dirs, options, progress=progress)
     emit(result, json_out, render_repair)

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for,
+from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for,
                                  stderr)
 from imgbuild.engines import connect
 from imgbuild.load import LoadOptions, LoadResult, VolumeRequest, load_set
@@ -54,13 +54,13 @@ def render_verify(report: VerifyReport) -> Table | str:
 
 @app.command()
 @cli_command
-def verify(dirs: DirsArg, manifest: ManifestOpt = None,
+def verify(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
            deep: Annotated[bool, typer.Option("--deep", help="Also decompress every layer and check its diff id.")]
            = False,
            json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Check volumes strictly against the set manifest and SHA256SUMS; exit 1 naming each bad file."""
     with progress_for(json_out, verbose) as progress:
-        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest), progress)
+        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest, set_id=set_id), progress)
     emit(report, json_out, render_verify)
     if not report.ok:
         raise typer.Exit(1)
@@ -84,13 +84,14 @@ def render_load(result: LoadResult) -> str:
 
 @app.command()
 @cli_command
-def load(dirs: DirsArg, manifest: ManifestOpt = None,
+def load(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
          image: Annotated[list[str] | None, typer.Option("--image", help="Load only this image (tag, id, role).")]
          = None,
          prompt: PromptOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
          json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set's images into the engine, checking every part as it streams; present images are skipped."""
-    options = LoadOptions(catalog=manifest, images=tuple(image or ()), ask_volume=ask_volume if prompt else None)
+    options = LoadOptions(catalog=manifest, images=tuple(image or ()), ask_volume=ask_volume if prompt else None,
+                          set_id=set_id)
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = load_set(found, dirs, options, progress)
     emit(result, json_out, render_load)
@@ -110,7 +111,7 @@ def render_run(result: RunResult) -> str:
 @app.command("load-and-run")
 @cli_command
 def load_and_run_command(
-        dirs: DirsArg, manifest: ManifestOpt = None,
+        dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
         image: Annotated[str | None, typer.Option("--image", help="Which image of the set to run (default: app).")]
         = None,
         port: Annotated[int | None, typer.Option("--port", help="Host port (default: the service's; 0: any free).")]
@@ -125,7 +126,7 @@ def load_and_run_command(
         prompt: PromptOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
         json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set (skipping present images), start its app's serve command and wait until healthy."""
-    load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None)
+    load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None, set_id=set_id)
     run_options = RunOptions(image=image, bind=bind, port=port, cpus=cpus, memory=memory, detach=detach,
                              health_timeout=health_timeout)
 

@@ -49,6 +49,8 @@ VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show every lo
 EngineOpt = Annotated[
     str, typer.Option("--engine", help="auto, docker or podman.", envvar="IMGBUILD_ENGINE", show_default=True)
 ]
+SetOpt = Annotated[str | None, typer.Option(
+    "--set", help="Which set, when the folders hold volumes of several (its id, as in the volume folder names).")]
 HostOpt = Annotated[
     str | None,
     typer.Option("--host", help="Engine URL (unix://, tcp://, ssh://); default DOCKER_HOST, then usual sockets."),

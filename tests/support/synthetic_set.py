@@ -23,7 +23,7 @@ def _write(folder: Path, rel: str, data: bytes) -> dict[str, object]:
     return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def make_set(out: Path, volume_sizes: list[int], seed: int = 1) -> SetManifest:
+def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SET_ID) -> SetManifest:
     """Data volumes whose one layer has a part of each given size on each volume (volume_sizes[i] bytes)."""
     rng = __import__("random").Random(seed)
     config = json.dumps({"architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
@@ -33,7 +33,7 @@ def make_set(out: Path, volume_sizes: list[int], seed: int = 1) -> SetManifest:
     offset = 0
     for index, size in enumerate(volume_sizes):
         number = index + 1
-        folder = out / layout.volume_folder(SET_ID, number)
+        folder = out / layout.volume_folder(set_id, number)
         data = rng.randbytes(size) if size < (1 << 20) else os.urandom(size)
         stream.update(data)
         part = _write(folder, layout.part_path(1, number), data)
@@ -46,7 +46,7 @@ def make_set(out: Path, volume_sizes: list[int], seed: int = 1) -> SetManifest:
                  _write(folder, layout.README_NAME, f"volume {number}\n".encode())]
         volumes.append({"number": number, "folder": folder.name, "role": "data", "files": files})
     raw = {
-        "format": "imgbuild-set", "format_version": 1, "set_id": SET_ID, "name": "synthetic",
+        "format": "imgbuild-set", "format_version": 1, "set_id": set_id, "name": "synthetic",
         "created": "2026-11-22T04:30:00Z", "tool": {"name": "imgbuild", "version": "0.1.0"},
         "engine": {"kind": "podman", "version": "4.3.1"},
         "media": {"profile": "custom", "capacity": max(volume_sizes) + (1 << 20)},
