@@ -204,6 +204,8 @@ def parse_manifest(data: bytes, source: str) -> SetManifest:
         raise ManifestError(source, exc.field, exc.message) from exc
     except ValueError as exc:
         raise ManifestError(source, "<file>", f"is not JSON: {exc}") from exc
+    except RecursionError:
+        raise ManifestError(source, "<file>", "nests JSON arrays or objects too deeply") from None
     if not isinstance(raw, dict):
         raise ManifestError(source, "<file>", "is not a JSON object")
     if raw.get("format") != layout.FORMAT_NAME:
@@ -213,8 +215,6 @@ def parse_manifest(data: bytes, source: str) -> SetManifest:
         raise ManifestError(
             source, "format_version",
             f"{version!r} is not supported; this imgbuild reads versions {layout.READABLE_VERSIONS}",
-    except RecursionError:
-        raise ManifestError(source, "<file>", "nests JSON arrays or objects too deeply") from None
             hint="a newer imgbuild wrote this set; use that version (FORMAT.md describes every version)",
         )
     try:
