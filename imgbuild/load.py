@@ -27,6 +27,7 @@ from imgbuild import layout
 from imgbuild.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ChecksumMismatch, LoadError, UsageError
+from imgbuild.load_checks import check_configs, check_docker_manifest, tag_conflicts
 from imgbuild.image_ids import describe, find_set_image
 from imgbuild.iso import is_iso
 from imgbuild.manifest import Image, Layer, Part, SetManifest
@@ -54,6 +55,7 @@ class LoadOptions:
     ask_volume: AskVolume | None = None
     chunk_size: int = CHUNK_SIZE
     set_id: str | None = None  # which set, when the folders hold volumes of several
+    force: bool = False  # move the set's tags even when the engine has them on other images
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,17 @@ def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOp
                   if (found := _engine_id(engine, located, image)) is not None}
     present = set(engine_ids)
     to_load = [image for image in chosen if image.number not in present]
+    check_docker_manifest(manifest, located.folders)
+    conflicts = tag_conflicts(engine, chosen, engine_ids, lambda ref: engine_ref(engine, ref))
+    if conflicts and not options.force:
+        raise LoadError("the engine has tags of this set on other images: " + "; ".join(map(str, conflicts))
+                        + "; nothing was loaded or tagged",
+                        hint="--force moves the tags (the other images stay, without these names)")
     stream = _LayerStreams(located, to_load, options, progress)
     if to_load:
         stream.preflight()
         configs = [_read_config(located, image) for image in to_load]
+        check_configs(zip(to_load, configs))
         archive_images = [ArchiveImage(config, tuple(image.layers)) for config, image in zip(configs, to_load)]
         try:
             _post_load(engine, docker_archive(archive_images, stream.archive_layers()))

@@ -22,6 +22,8 @@ DirsArg = Annotated[list[Path], typer.Argument(help="A set folder, or volume fol
 ManifestOpt = Annotated[Path | None, typer.Option(
     "--manifest", help="Check against this catalog copy of the manifest (manifests/SETID.json), the root of trust.")]
 PromptOpt = Annotated[bool, typer.Option("--prompt", help="Ask for each missing volume (disc) when it is needed.")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Move the set's tags even when the engine has them on other images (refused otherwise).")]
 
 
 def _human(size: float) -> str:
@@ -87,11 +89,11 @@ def render_load(result: LoadResult) -> str:
 def load(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
          image: Annotated[list[str] | None, typer.Option("--image", help="Load only this image (tag, id, role).")]
          = None,
-         prompt: PromptOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
+         prompt: PromptOpt = False, force: ForceOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
          json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set's images into the engine, checking every part as it streams; present images are skipped."""
     options = LoadOptions(catalog=manifest, images=tuple(image or ()), ask_volume=ask_volume if prompt else None,
-                          set_id=set_id)
+                          set_id=set_id, force=force)
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = load_set(found, dirs, options, progress)
     emit(result, json_out, render_load)
@@ -123,10 +125,11 @@ def load_and_run_command(
         memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 4g.")] = None,
         health_timeout: Annotated[float | None, typer.Option(
             "--health-timeout", help="Seconds to wait for the health check (default: the recipe's).")] = None,
-        prompt: PromptOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
+        prompt: PromptOpt = False, force: ForceOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
         json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set (skipping present images), start its app's serve command and wait until healthy."""
-    load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None, set_id=set_id)
+    load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None, set_id=set_id,
+                               force=force)
     run_options = RunOptions(image=image, bind=bind, port=port, cpus=cpus, memory=memory, detach=detach,
                              health_timeout=health_timeout)
 

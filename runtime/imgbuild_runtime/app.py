@@ -25,7 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .api_models import InvokeRequest, SpeechRequest
-from .encoders import CONTENT_TYPES, FORMATS, encode, open_encoder
+from .encoders import CONTENT_TYPES, FORMATS, open_encoder
 from .engine import Engine, EncodedReference, SynthesisOptions
 from .errors import InvalidRequest, TTSError, UnknownModel, UnsupportedFormat, VoiceDataError
 from .guard import Guard
@@ -175,16 +175,19 @@ async def _synthesize(
                 media_type=CONTENT_TYPES[fmt],
                 headers=headers,
             )
-        parts = [first]
+        # Encoded as the chunks come, so a long text never holds all its float samples at once.
+        encoder = open_encoder(fmt, info.sample_rate, stream=False)
+        body, samples = [encoder.feed(first)], first.size
         async for chunk in chunks:
-            parts.append(chunk)
+            samples += chunk.size
+            body.append(encoder.feed(chunk))
     finally:
         watcher.cancel()
         if not stream:
             job.settle()
-    audio = np.concatenate(parts)
-    _log_done(voice.name, len(text), audio.size / info.sample_rate, time.monotonic() - started, ttfa)
-    return Response(encode(audio, info.sample_rate, fmt), media_type=CONTENT_TYPES[fmt], headers=headers)
+    body.append(encoder.finish())
+    _log_done(voice.name, len(text), samples / info.sample_rate, time.monotonic() - started, ttfa)
+    return Response(b"".join(body), media_type=CONTENT_TYPES[fmt], headers=headers)
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:

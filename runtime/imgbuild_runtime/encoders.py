@@ -61,6 +61,22 @@ class _Raw(Encoder):
         return self._header
 
 
+class _WholeWav(Encoder):
+    """Keeps only the 16-bit samples (half of the float chunks) and writes the exact header at the end."""
+
+    def __init__(self, rate: int) -> None:
+        self._rate = rate
+        self._parts: list[bytes] = []
+
+    def feed(self, samples: np.ndarray) -> bytes:
+        self._parts.append(to_pcm16(samples))
+        return b""
+
+    def finish(self) -> bytes:
+        samples = sum(len(p) for p in self._parts) // 2
+        return wav_header(self._rate, samples) + b"".join(self._parts)
+
+
 class _Sink:
     """A write-only file for PyAV: not seekable, so muxers never go back to patch what was already sent."""
 
@@ -119,22 +135,23 @@ class _WholeFlac(Encoder):
         self._parts: list[np.ndarray] = []
 
     def feed(self, samples: np.ndarray) -> bytes:
-        self._parts.append(samples)
+        # The same 16-bit samples as wav/pcm (libsndfile's own float conversion rounds differently).
+        self._parts.append(np.frombuffer(to_pcm16(samples), dtype="<i2"))
         return b""
 
     def finish(self) -> bytes:
         import soundfile
 
-        audio = np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
+        samples = np.concatenate(self._parts) if self._parts else np.zeros(0, "<i2")
         buffer = io.BytesIO()
-        # The same 16-bit samples as wav/pcm (libsndfile's own float conversion rounds differently).
-        samples = np.frombuffer(to_pcm16(audio), dtype="<i2")
         soundfile.write(buffer, samples, self._rate, format="FLAC", subtype="PCM_16")
         return buffer.getvalue()
 
 
 def open_encoder(fmt: str, rate: int, stream: bool) -> Encoder:
     """An encoder for one response; `stream` asks for bytes as early as the container allows."""
+    if fmt == "wav" and not stream:
+        return _WholeWav(rate)
     if fmt in ("wav", "pcm"):
         return _Raw(rate, header=fmt == "wav")
     if fmt == "flac" and not stream:
@@ -145,8 +162,6 @@ def open_encoder(fmt: str, rate: int, stream: bool) -> Encoder:
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str) -> bytes:
-    """A whole utterance in one of FORMATS (wav states its length in the header)."""
-    if fmt == "wav":
-        return wav_header(rate, len(audio)) + to_pcm16(audio)
+    """A whole utterance in one of FORMATS (wav and flac state their length in the header)."""
     encoder = open_encoder(fmt, rate, stream=False)
     return encoder.feed(audio) + encoder.finish()

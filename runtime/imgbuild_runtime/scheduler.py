@@ -14,6 +14,7 @@ right after an answer is never refused because of its own previous request.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import threading
 import time
@@ -133,3 +134,23 @@ def _run(job: Job, work: Work) -> None:
     except Exception as exc:  # an engine bug fails one request, never the server
         log.exception("synthesis failed")
         job._put(_ERROR, EngineFailed(f"{type(exc).__name__}: {exc}"))
+    finally:
+        _return_free_memory()
+
+
+def _return_free_memory() -> None:
+    """Give the heap a long request grew back to the system (glibc keeps freed memory in its arenas)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():  # type: ignore[no-untyped-def]
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only (musl has none)
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
