@@ -174,6 +174,7 @@ def _majority_manifest(copies: dict[Path, bytes], unreadable: dict[Path, str],
     between several sets; when no copy parses, says why for each."""
     counts = Counter(data for data in copies.values() if data)
     errors: dict[Path, str] = dict(unreadable)
+    first_error: ManifestError | None = None
     sets: dict[str, tuple[SetManifest, bytes, str, list[Path]]] = {}
     for data, _ in counts.most_common():
         holders = [f for f, d in copies.items() if d == data]
@@ -181,6 +182,7 @@ def _majority_manifest(copies: dict[Path, bytes], unreadable: dict[Path, str],
         try:
             manifest = parse_manifest(data, source)
         except ManifestError as exc:
+            first_error = first_error or exc
             errors.update({f: str(exc) for f in holders})
             continue
         if manifest.set_id not in sets:  # the first of a set is the copy most of its volumes hold
@@ -195,10 +197,12 @@ def _majority_manifest(copies: dict[Path, bytes], unreadable: dict[Path, str],
                            hint="choose one with --set SETID")
     if sets:
         return next(iter(sets.values()))[:3]
+    if first_error is not None and all(copies.values()):
+        raise first_error  # every copy is there and refused: the refusal names the field
     for folder, data in copies.items():
         if not data and folder not in errors:
             errors[folder] = f"{folder / layout.MANIFEST_NAME}: empty file"
-    raise ArchiveError("no readable set manifest: " + "; ".join(errors[f] for f in copies))
+    raise ArchiveError("no readable set manifest: " + "; ".join(dict.fromkeys(errors[f] for f in copies)))
 
 
 def _list_sets(sets: dict[str, tuple[SetManifest, bytes, str, list[Path]]]) -> str:
