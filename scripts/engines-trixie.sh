@@ -125,6 +125,8 @@ default_ulimits = ["nofile=20000:20000", "nproc=1024:1024"]
 
 [network]
 default_subnet = "$(subnet_of podman5).0/24"
+# netavark defaults to nftables, which the root filesystem leaves out; iptables is the host's choice too
+firewall_driver = "iptables"
 CONF
             cat > "$state/storage.conf" <<CONF
 [storage]
