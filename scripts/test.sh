@@ -1,9 +1,11 @@
 #!/bin/sh
 # Run the whole test suite against real engines: Podman and Docker Engine on private sockets.
-#   sudo scripts/test.sh [pytest arguments]
+#   scripts/test.sh [pytest arguments]     (as root; as another user it runs itself again through sudo)
 # Engine tests must not be skipped: a skipped engine test fails the run (IMGBUILD_REQUIRE_ENGINES=1).
 # Engines this script starts are stopped when it ends; engines that were already running are left alone.
 set -eu
+. "$(dirname "$0")/as_root.sh"
+as_root "$0" "$@"
 cd "$(dirname "$0")/.."
 
 scripts/setup.sh
