@@ -25,17 +25,20 @@ from imgbuild import layout
 from imgbuild.archive_sources import ResolvedSources, resolve_sources
 from imgbuild.blockhash import BLOCK_SIZE
 from imgbuild.engines import Engine
-from imgbuild.errors import ArchiveError, ImgbuildError, UsageError
+from imgbuild.errors import ArchiveError, ImgbuildError, SbomError, UsageError
 from imgbuild.image_ids import describe
 from imgbuild.layer_pipeline import LONG_WINDOW_LOG, LayerArchiver, make_compressor
-from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Media, SetManifest, Tool,
+from imgbuild.manifest import (Compression, ConfigFile, EngineInfo, Image, Media, SbomFile, SetManifest, Tool,
                                Volume, dump_manifest, parse_manifest)
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.save_stream import SavedArchive, read_save_stream
+from imgbuild.sbom import cyclonedx_json, image_sbom, summarize
+from imgbuild.storage_source import StorageUnavailable, open_store, read_images
 from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
 from imgbuild.volume_writer import VolumeState, VolumeWriter, file_cost, sums_file, write_file_atomic
 
 SAVE_CHUNK = 4 * 1024 * 1024
+LAYER_SOURCES = ("auto", "storage", "api")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ class ArchiveOptions:
     threads: int = -1  # zstd worker threads; -1: one per CPU
     parity: int = 0  # parity volumes (imgbuild/parity.py): any `parity` lost volumes can be rebuilt
     iso: bool = False  # also write OUT/<volume folder>.iso per volume (imgbuild/iso.py)
+    # Where layers are read: "storage" (the engine's layer storage, imgbuild/storage_source.py), "api" (its
+    # save API) or "auto" (storage when this process can read it, else the save API).
+    source: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,9 @@ class ArchiveResult:
     seconds: float
     already_complete: bool = False
     isos: list[Path] = field(default_factory=list)
+    # "storage", "api", "storage+api" (some images needed the save API), "none" (the set was already complete)
+    layer_source: str = "none"
+    fallbacks: dict[str, str] = field(default_factory=dict)  # image ref -> why it went through the save API
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -74,6 +83,7 @@ class ArchiveResult:
             "images": self.images, "layers": self.layers, "uncompressed_bytes": self.uncompressed_bytes,
             "compressed_bytes": self.compressed_bytes, "seconds": round(self.seconds, 3),
             "already_complete": self.already_complete, "isos": [str(p) for p in self.isos],
+            "layer_source": self.layer_source, "fallbacks": self.fallbacks,
         }
 
 
@@ -101,6 +111,8 @@ def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
                          "or give --media-size BYTES") from None
     if not -7 <= options.level <= 22:
         raise UsageError(f"--level {options.level} is outside zstd's -7..22")
+    if options.source not in LAYER_SOURCES:
+        raise UsageError(f"--source {options.source!r}: choose one of {', '.join(LAYER_SOURCES)}")
     resolved = resolve_sources(engine, sources)
     set_id = set_id_for(resolved, capacity, options)
     out = options.out
@@ -115,7 +127,7 @@ def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
 
     writer = VolumeWriter(out, set_id, capacity)
     try:
-        manifest = _write_set(engine, resolved, writer, profile, capacity, options, progress)
+        manifest, read = _write_set(engine, resolved, writer, profile, capacity, options, progress)
         if options.parity:
             manifest = _add_parity(writer, manifest, options, progress)
         manifest_bytes = dump_manifest(manifest)
@@ -127,7 +139,8 @@ def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
         _remove_leftovers(out, set_id)
         raise
     progress(ProgressEvent(task=f"archive {set_id}", finished=True))
-    return _with_isos(_result(manifest, out, options, time.monotonic() - started), manifest, options)
+    result = dataclasses.replace(_result(manifest, out, options, time.monotonic() - started), **read)
+    return _with_isos(result, manifest, options)
 
 
 def _add_parity(writer: VolumeWriter, manifest: SetManifest, options: ArchiveOptions,
@@ -153,13 +166,13 @@ def _with_isos(result: ArchiveResult, manifest: SetManifest, options: ArchiveOpt
 
 
 def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, profile: str, capacity: int,
-               options: ArchiveOptions, progress: ProgressCallback) -> SetManifest:
+               options: ArchiveOptions, progress: ProgressCallback) -> tuple[SetManifest, dict[str, Any]]:
     task = f"archive {writer.set_id}"
     compressor = make_compressor(options.level, options.long, options.threads)
     archiver = LayerArchiver(writer, compressor, progress, task, resolved.total_size)
     progress(ProgressEvent(task=task, done=0, total=resolved.total_size))
     try:
-        saved = read_save_stream(_save_stream(engine, [image.ref for image in resolved.images]), archiver)
+        saved, read = _read_layers(engine, resolved, archiver, options.source, progress, task)
     finally:
         archiver.close()
     layers, stored = archiver.layers, archiver.stored
@@ -167,15 +180,18 @@ def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, 
     used = {d for image in images for d in image.layers}
     if used != stored:
         raise ArchiveError(f"the engine's save stream holds layers no image uses: {sorted(stored - used)}")
+    images, sboms = _with_sboms(engine, images, progress, task)
 
     facts = SetFacts(set_id=writer.set_id, name=resolved.name, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                      tool_version=imgbuild.__version__, volume_count=len(writer.volumes), images=images,
-                     layers=layers, compression_long=options.long, parity_volumes=options.parity)
+                     layers=layers, compression_long=options.long, parity_volumes=options.parity,
+                     contents=tuple(summarize(data).summary_lines() for data in sboms))
     restore_bytes = restore_script(facts)
     docker_bytes = docker_manifest(images, layers)
     for volume in writer.volumes:
-        for image, config in zip(images, configs):
+        for image, config, sbom in zip(images, configs, sboms):
             writer.add_file(volume, image.config.path, config)
+            writer.add_file(volume, layout.sbom_path(image.number), sbom)
         writer.add_file(volume, layout.DOCKER_MANIFEST_PATH, docker_bytes)
         writer.add_file(volume, layout.RESTORE_NAME, restore_bytes)
         writer.add_file(volume, layout.README_NAME, readme(facts, volume.number))
@@ -189,7 +205,47 @@ def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, 
         volumes=[Volume(number=v.number, folder=layout.volume_folder(writer.set_id, v.number), files=list(v.files))
                  for v in writer.volumes],
         images=images, layers=layers, recipe=resolved.recipe, block_size=BLOCK_SIZE,
-    )
+    ), read
+
+
+def _with_sboms(engine: Engine, images: list[Image], progress: ProgressCallback,
+                task: str) -> tuple[list[Image], list[bytes]]:
+    """Each image's SBOM (imgbuild/sbom.py): the one made at build time, else made now. An image whose
+    packages cannot be listed (no python3 in it) gets an SBOM that says so, and a message says it too."""
+    with_sbom, sboms = [], []
+    for image in images:
+        progress(ProgressEvent(task=task, message=f"listing what {', '.join(image.tags) or image.id} holds"))
+        try:
+            data = image_sbom(engine, image.id, image.tags, image.role)
+        except SbomError as exc:
+            progress(ProgressEvent(task=task, message=f"{exc.message}; its SBOM says so"))
+            data = cyclonedx_json({"not_listed": exc.reason}, image_id=image.id, tags=image.tags,
+                                  role=image.role).encode()
+        sboms.append(data)
+        with_sbom.append(image.model_copy(update={"sbom": SbomFile(
+            path=layout.sbom_path(image.number), size=len(data), sha256=hashlib.sha256(data).hexdigest())}))
+    return with_sbom, sboms
+
+
+def _read_layers(engine: Engine, resolved: ResolvedSources, archiver: LayerArchiver, source: str,
+                 progress: ProgressCallback, task: str) -> tuple[SavedArchive, dict[str, Any]]:
+    """Every layer into ``archiver``, from the engine's storage or through its save API (see ArchiveOptions)."""
+    def save_api(refs: list[str]) -> SavedArchive:
+        return read_save_stream(_save_stream(engine, refs), archiver)
+
+    refs = [image.ref for image in resolved.images]
+    if source == "api":
+        return save_api(refs), {"layer_source": "api"}
+    try:
+        store = open_store(engine)
+    except StorageUnavailable as exc:
+        if source == "storage":
+            raise ArchiveError(f"the engine's layer storage cannot be read: {exc.reason}") from None
+        progress(ProgressEvent(task=task, message=f"reading layers through the save API: {exc.reason}"))
+        return save_api(refs), {"layer_source": "api"}
+    read = read_images(store, resolved.images, archiver, save_api, progress, task)
+    layer_source = "storage+api" if read.fallbacks else "storage"
+    return read.saved, {"layer_source": layer_source, "fallbacks": read.fallbacks}
 
 
 def _write_metadata_tail(writer: VolumeWriter, manifest_bytes: bytes) -> None:

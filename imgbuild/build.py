@@ -26,7 +26,7 @@ from imgbuild.bootstrap import (BootstrapOptions, bootstrap_image, default_cache
 from imgbuild.buildcontext import (EffectiveMirrors, app_build_args, assemble, base_build_args, hash_tree,
                                    resolve_mirrors, with_registry)
 from imgbuild.engines import Engine
-from imgbuild.errors import BuildFailed, EngineError
+from imgbuild.errors import BuildFailed, EngineError, SbomError
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe import LoadedRecipe
 
@@ -124,8 +124,24 @@ def build_recipe(loaded: LoadedRecipe, engine: Engine, options: BuildOptions = B
         labels = {LABEL + "serve": json.dumps(recipe.app.serve.model_dump(mode="json"), sort_keys=True),
                   **options.extra_app_labels}
         images.append(_build_layer(loaded, engine, "app", app_from, mirrors, options, labels, progress))
+    for image in images:
+        if image.role in ("base", "app"):
+            _record_sbom(engine, image, progress)
     return BuildResult(recipe.metadata.name, engine.to_json(), tuple(images), mirrors.to_json(),
                        time.monotonic() - started)
+
+
+def _record_sbom(engine: Engine, image: ImageResult, progress: ProgressCallback) -> None:
+    """What the image holds, kept beside it (imgbuild/sbom.py) so `archive` and `inspect` find it."""
+    from imgbuild.sbom import image_sbom, sidecar_path
+
+    task = f"build {image.role}"
+    try:
+        image_sbom(engine, image.id, [image.tag], image.role)
+    except SbomError as exc:
+        progress(ProgressEvent(task=task, message=f"no SBOM: {exc.message}"))
+        return
+    progress(ProgressEvent(task=task, message=f"{image.tag}: SBOM {sidecar_path(image.id)}"))
 
 
 def _build_layer(loaded: LoadedRecipe, engine: Engine, role: str, from_ref: str, mirrors: EffectiveMirrors,

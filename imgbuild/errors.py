@@ -113,3 +113,13 @@ class DiskFull(ImgbuildError):
         super().__init__(f"no space left on the device holding {path}{extra}")
         self.path = path
         self.needed = needed
+
+
+class SbomError(ImgbuildError):
+    """What is inside an image could not be listed (imgbuild.sbom)."""
+
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(f"{image}: cannot list what is inside: {reason}",
+                         hint="imgbuild reads an image's package lists with the image's own python3 (on its PATH)")
+        self.image = image
+        self.reason = reason

@@ -31,6 +31,14 @@ LONG_WINDOW_LOG = 27  # the largest window plain `zstd -d` accepts without --lon
 _PODMAN_LAYER = re.compile(r"^([0-9a-f]{64})\.tar$")
 
 
+class LayerMismatch(ArchiveError):
+    """A layer's bytes do not hash to the diff id its source promised; nothing of it was kept."""
+
+    def __init__(self, name: str, expected: str, actual: str) -> None:
+        super().__init__(f"{name} hashes to {actual}, not to its diff id {expected}")
+        self.name, self.expected, self.actual = name, expected, actual
+
+
 class InOrderStage:
     """A background thread running submitted calls in order, with at most ``depth`` of them pending."""
 
@@ -85,7 +93,8 @@ class LayerArchiver:
         self._hashing.close()
         self._writing.close()
 
-    def __call__(self, name: str, size: int, chunks: Iterator[memoryview]) -> str:
+    def __call__(self, name: str, size: int, chunks: Iterator[memoryview], expected: str | None = None) -> str:
+        """Store one layer; with ``expected``, a layer hashing to anything else is discarded (LayerMismatch)."""
         hint = _PODMAN_LAYER.match(name.rsplit("/", 1)[-1])
         if hint and "sha256:" + hint[1] in self.stored:
             return _hash_only(name, hint[1], chunks)
@@ -110,6 +119,9 @@ class LayerArchiver:
             sink.abort()
             raise
         diff_id = "sha256:" + digest.hexdigest()
+        if expected is not None and diff_id != expected:
+            sink.abort()
+            raise LayerMismatch(name, expected, diff_id)
         if diff_id in self.stored:
             sink.abort()  # the same layer under another name: stored once per set
             return diff_id

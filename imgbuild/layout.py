@@ -9,6 +9,7 @@ A set is a folder per volume (one disc each) under the output folder::
         restore.sh                              POSIX sh restore without imgbuild, identical on every volume
         images/manifest.json                    docker-archive manifest (Config, RepoTags, Layers)
         images/config01.json ...                image configs; sha256 of the file = the image id
+        sbom/image01.cdx.json ...               what each image holds, CycloneDX JSON (format 3)
         blobs/layer0001.tar.zst.part001 ...     zstd stream of one layer tar, split into parts
 
 Readers accept only names that match these patterns: a manifest naming anything else is hostile.
@@ -21,10 +22,12 @@ import re
 from pathlib import Path
 
 FORMAT_NAME = "imgbuild-set"
-FORMAT_VERSION = 2
-# Version 2 (FORMAT.md section 8) adds per-block hashes and parity volumes; readers accept both.
+FORMAT_VERSION = 3
+# Version 2 (FORMAT.md section 8) adds per-block hashes and parity volumes; version 3 adds each image's SBOM
+# (sbom/imageNN.cdx.json on every data volume); readers accept all three.
 FORMAT_VERSION_BLOCKS = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION_SBOM = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 MANIFEST_NAME = "imgbuild-set.json"
 SUMS_NAME = "SHA256SUMS"
@@ -63,6 +66,9 @@ HEX64_RE = re.compile(r"^[0-9a-f]{64}$")
 VOLUME_FOLDER_RE = re.compile(r"^(?P<set_id>[0-9a-f]{16})-vol(?P<number>[0-9]{3})$")
 PART_RE = re.compile(rf"^{BLOBS_DIR}/layer(?P<layer>[0-9]{{4}})\.tar\.zst\.part(?P<part>[0-9]{{3}})$")
 CONFIG_RE = re.compile(rf"^{IMAGES_DIR}/config(?P<image>[0-9]{{2}})\.json$")
+SBOM_DIR = "sbom"
+SBOM_RE = re.compile(rf"^{SBOM_DIR}/image(?P<image>[0-9]{{2}})\.cdx\.json$")
+MAX_SBOM_BYTES = 64 * 1024 * 1024
 # Format 2: a parity volume holds README.txt and its parity stream cut into parts (imgbuild/parity.py).
 PARITY_DIR = "parity"
 PARITY_PART_RE = re.compile(rf"^{PARITY_DIR}/parity\.part(?P<part>[0-9]{{3}})$")
@@ -86,6 +92,11 @@ def part_path(layer_number: int, part_number: int) -> str:
 def config_path(image_number: int) -> str:
     """Volume-relative path of the config JSON of image ``image_number`` (1-based)."""
     return f"{IMAGES_DIR}/config{image_number:02d}.json"
+
+
+def sbom_path(image_number: int) -> str:
+    """Volume-relative path of the SBOM (CycloneDX JSON) of image ``image_number`` (1-based), format 3."""
+    return f"{SBOM_DIR}/image{image_number:02d}.cdx.json"
 
 
 def config_name(image_number: int) -> str:
@@ -123,6 +134,7 @@ def is_data_path(path: str) -> bool:
     return (
         path in (README_NAME, RESTORE_NAME, DOCKER_MANIFEST_PATH)
         or CONFIG_RE.match(path) is not None
+        or SBOM_RE.match(path) is not None
         or PART_RE.match(path) is not None
     )
 

@@ -119,6 +119,14 @@ class ConfigFile(_Model):
     sha256: Hex64
 
 
+class SbomFile(_Model):
+    """Format 3: the image's SBOM (CycloneDX JSON), the same file on every data volume."""
+
+    path: Annotated[str, Field(max_length=64)]
+    size: Annotated[int, Field(gt=0, le=layout.MAX_SBOM_BYTES)]
+    sha256: Hex64
+
+
 class Image(_Model):
     number: Annotated[int, Field(ge=1, le=layout.MAX_IMAGES)]
     id: Digest
@@ -126,6 +134,7 @@ class Image(_Model):
     role: Literal["base", "app"] | None = None
     config: ConfigFile
     layers: list[Digest]
+    sbom: SbomFile | None = None
 
 
 class TextFile(_Model):
@@ -143,7 +152,7 @@ class RecipeInfo(_Model):
 
 class SetManifest(_Model):
     format: Literal["imgbuild-set"] = layout.FORMAT_NAME
-    format_version: Literal[1, 2] = layout.FORMAT_VERSION
+    format_version: Literal[1, 2, 3] = layout.FORMAT_VERSION
     set_id: Annotated[str, Field(pattern=layout.SET_ID_RE.pattern)]
     name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     created: Annotated[str, Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")]
@@ -247,4 +256,7 @@ def dump_manifest(manifest: SetManifest) -> bytes:
         for volume in data["volumes"]:
             for entry in volume["files"]:
                 entry.pop("blocks")
+    if manifest.format_version < layout.FORMAT_VERSION_SBOM:  # nor do versions 1 and 2 know image SBOMs
+        for image in data["images"]:
+            image.pop("sbom")
     return (json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

@@ -17,11 +17,13 @@ if TYPE_CHECKING:
 
 
 def check_set(m: SetManifest) -> None:
-    """Every cross-reference check, in the order the fields are read: volumes, format 2, layers, images."""
+    """Every cross-reference check, in the order the fields are read: volumes, format 2, layers, images,
+    format 3 (SBOMs)."""
     _check_volumes(m)
     _check_format2(m)
     _check_layers(m)
     _check_images(m)
+    _check_sboms(m)
 
 
 class Fail(ValueError):
@@ -190,4 +192,28 @@ def _check_images(m: SetManifest) -> None:
     config_paths = {layout.config_path(image.number) for image in m.images}
     for (volume, path) in files:
         if layout.CONFIG_RE.match(path) and path not in config_paths:
+            raise Fail(f"volumes[{volume - 1}].files", f"{path} belongs to no image")
+
+
+def _check_sboms(m: SetManifest) -> None:
+    """Format 3: an image's SBOM is sbom/imageNN.cdx.json, listed alike on every data volume; no stray ones."""
+    files = _volume_files(m)
+    if m.format_version < 3:
+        if any(image.sbom is not None for image in m.images):
+            raise Fail("format_version", f"{m.format_version} has no image SBOMs; they need version 3")
+    for i_index, image in enumerate(m.images):
+        if image.sbom is None:
+            continue
+        where = f"images[{i_index}].sbom"
+        if image.sbom.path != layout.sbom_path(image.number):
+            raise Fail(f"{where}.path", f"{image.sbom.path!r} is not {layout.sbom_path(image.number)!r}")
+        for volume in m.volumes:
+            if volume.role == "parity":
+                continue
+            entry = files.get((volume.number, image.sbom.path))
+            if entry is None or (entry.size, entry.sha256) != (image.sbom.size, image.sbom.sha256):
+                raise Fail(where, f"volume {volume.number} does not list {image.sbom.path} as it is here")
+    sbom_paths = {image.sbom.path for image in m.images if image.sbom is not None}
+    for (volume, path) in files:
+        if layout.SBOM_RE.match(path) and path not in sbom_paths:
             raise Fail(f"volumes[{volume - 1}].files", f"{path} belongs to no image")

@@ -156,7 +156,7 @@ def add_parity_volumes(
     parity = Parity(scheme=erasure.SCHEME, data_volumes=n_data, parity_volumes=n_parity, length=length,
                     coefficients=erasure.coefficients(n_data, n_parity))
     draft = manifest.model_copy(update={"parity": parity, "volume_count": n_data + n_parity, "block_size": BLOCK_SIZE,
-                                        "format_version": layout.FORMAT_VERSION_BLOCKS})
+                                        "format_version": max(manifest.format_version, layout.FORMAT_VERSION_BLOCKS)})
     for j, (folder, writer) in enumerate(zip(folders, writers)):
         number = n_data + j + 1
         parts = writer.close()

@@ -16,7 +16,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,8 @@ class VerifyOptions:
     catalog: Path | None = None
     set_id: str | None = None  # which set, when the folders hold volumes of several
     chunk_size: int = CHUNK_SIZE
+    # A catalog folder: when it holds the set's manifest copy, this check is recorded beside it (imgbuild/checks.py).
+    record_in: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class VerifyReport:
     problems: tuple[Problem, ...] = field(default=())
     # When something is wrong: the damaged blocks and whether parity can rebuild them (imgbuild.damage).
     recovery: Any = None
+    recorded: str | None = None  # the catalog's check record this check was added to
 
     @property
     def ok(self) -> bool:
@@ -90,6 +93,7 @@ class VerifyReport:
             "deep": self.deep, "layers_checked": self.layers_checked,
             "problems": [p.to_json() for p in self.problems],
             "recovery": self.recovery.to_json() if self.recovery is not None else None,
+            "recorded": self.recorded,
         }
 
 
@@ -141,12 +145,17 @@ def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
         from imgbuild.damage import assess, volume_locations  # durability add-on (imgbuild/damage.py)
 
         recovery = assess(manifest, located.folders, problems, volume_locations(located.folders))
-    return VerifyReport(
+    report = VerifyReport(
         set_id=manifest.set_id, name=manifest.name, manifest_source=located.manifest_source,
         volume_count=manifest.volume_count, volumes_checked=tuple(located.folders),
         volumes_missing=missing, volumes_not_given=not_given, files_checked=files, bytes_checked=total,
         seconds=time.monotonic() - started, deep=options.deep,
         layers_checked=deep.layers_checked if deep else 0, problems=tuple(problems), recovery=recovery)
+    if options.record_in is not None and layout.catalog_path(options.record_in, manifest.set_id).is_file():
+        from imgbuild.checks import record_check
+
+        report = replace(report, recorded=str(record_check(options.record_in, report)))
+    return report
 
 
 def _expected_files(volume: Volume, manifest_sha: str) -> dict[str, tuple[int | None, str]]:

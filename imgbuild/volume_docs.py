@@ -27,6 +27,7 @@ class SetFacts:
     layers: list[Layer]
     compression_long: bool
     parity_volumes: int = 0
+    contents: tuple[str, ...] = ()  # per image, imgbuild.sbom.Contents.summary_lines() (format 3)
 
 
 def docker_manifest(images: list[Image], layers: list[Layer]) -> bytes:
@@ -42,6 +43,13 @@ def docker_manifest(images: list[Image], layers: list[Layer]) -> bytes:
 
 def _image_lines(facts: SetFacts) -> str:
     return "\n".join(f"  {', '.join(image.tags) or '(untagged)'}\n    id {image.id}" for image in facts.images)
+
+
+def _contents_section(facts: SetFacts) -> str:
+    if not facts.contents:
+        return ""
+    return ("\nWhat is inside (the full list of each image, CycloneDX JSON: sbom/imageNN.cdx.json;\n"
+            "`imgbuild inspect VOLUME_FOLDER` prints it):\n\n" + "\n\n".join(facts.contents) + "\n")
 
 
 def _layer_lines(facts: SetFacts) -> str:
@@ -76,7 +84,7 @@ This disc is volume {k} of {n} of an archive made by imgbuild {facts.tool_versio
 Set name: {facts.name}. It holds these container images (OCI/Docker images):
 
 {_image_lines(facts)}
-
+{_contents_section(facts)}
 All {n} volumes are needed to restore the images. Each volume is a folder named {s}-volNNN
 (this one: {layout.volume_folder(s, k)}). The format is described in FORMAT.md of imgbuild
 (format imgbuild-set, version {layout.FORMAT_VERSION}); imgbuild-set.json on every disc describes this set.
@@ -120,7 +128,7 @@ imgbuild 归档集 {s}  --  第 {k} 卷，共 {n} 卷
 归档集名称：{facts.name}。其中包含以下容器镜像（OCI/Docker 镜像）：
 
 {_image_lines(facts)}
-
+{"每个镜像的内容清单（SBOM，CycloneDX JSON）：sbom/imageNN.cdx.json；摘要见上文英文部分。" + chr(10) if facts.contents else ""}
 恢复镜像需要全部 {n} 卷。每一卷是一个名为 {s}-volNNN 的文件夹（本卷：{layout.volume_folder(s, k)}）。
 格式说明见 imgbuild 的 FORMAT.md（格式 imgbuild-set，版本 {layout.FORMAT_VERSION}）；每张光盘上的
 imgbuild-set.json 描述了整个归档集。

@@ -102,7 +102,7 @@ HOSTILE = [
     ("layers.0.parts.1.volume", 3, "layers[0].parts[1].volume"),
     ("volumes.0.files.4.size", 10**6, "volumes[0].files"),
     ("layers.1.diff_id", "sha256:" + _h("l1"), "layers[1].diff_id"),
-    ("format_version", 3, "format_version"),
+    ("format_version", 4, "format_version"),
     ("format_version", "1", "format_version"),
     ("format", "something-else", "format"),
     ("volume_count", 3, "volume_count"),

@@ -31,7 +31,9 @@ def render_archive(result: ArchiveResult) -> Table | str:
         "\n".join(lines)
         + f"\n{result.layers} layers, {result.uncompressed_bytes:,} bytes -> {result.compressed_bytes:,} bytes "
         f"({ratio:.0%}) in {result.seconds:.1f} s; media {result.media} ({result.capacity:,} bytes)"
-        f"\ncatalog copy: {result.catalog}"
+        f"\nlayers read from: {result.layer_source}"
+        + "".join(f"\n  {ref} went through the save API: {why}" for ref, why in result.fallbacks.items())
+        + f"\ncatalog copy: {result.catalog}"
         + "".join(f"\nISO image: {path}" for path in result.isos)
     )
     return table
@@ -52,6 +54,9 @@ def archive_command(
                                         "volumes of the set can then be rebuilt (imgbuild repair).")] = 0,
     iso: Annotated[bool, typer.Option("--iso", help="Also write one burnable ISO image per volume "
                                       "(OUT/FOLDER.iso, needs xorriso).")] = False,
+    source: Annotated[str, typer.Option("--source", help="Where layers are read: storage (the engine's own "
+                                        "layer storage, local engines only), api (its save API) or auto "
+                                        "(storage when it can be read, else api).")] = "auto",
     engine: EngineOpt = "auto",
     host: HostOpt = None,
     json_out: JsonOpt = False,
@@ -63,7 +68,7 @@ def archive_command(
     if not 0 <= parity <= 64:
         raise UsageError("--parity must be 0..64")
     options = ArchiveOptions(out=out, media=media, media_size=media_size, level=level, long=long, catalog=catalog,
-                             parity=parity, iso=iso)
+                             parity=parity, iso=iso, source=source)
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = archive(found, sources, options, progress=progress)
     emit(result, json_out, render_archive)

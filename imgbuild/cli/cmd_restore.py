@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from imgbuild import layout
 from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for,
                                  stderr)
 from imgbuild.engines import connect
@@ -51,6 +52,8 @@ def render_verify(report: VerifyReport) -> Table | str:
         lines += [escape(line) for line in describe(report.recovery)]
     lines.append("[green]OK[/green]: every file matches" if report.ok
                  else f"[red]FAILED[/red]: {len(report.problems)} problems")
+    lines.append(f"check recorded in {escape(report.recorded)}" if report.recorded
+                 else "check not recorded: no catalog copy of this set's manifest here (--catalog DIR)")
     return "\n".join(lines)
 
 
@@ -59,10 +62,15 @@ def render_verify(report: VerifyReport) -> Table | str:
 def verify(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
            deep: Annotated[bool, typer.Option("--deep", help="Also decompress every layer and check its diff id.")]
            = False,
+           catalog: Annotated[Path | None, typer.Option(
+               "--catalog", help="Record this check in this catalog folder, beside the set's manifest copy "
+               "(default: the folder of --manifest, else ./manifests).")] = None,
            json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Check volumes strictly against the set manifest and SHA256SUMS; exit 1 naming each bad file."""
+    record_in = catalog or (manifest.parent if manifest else Path(layout.CATALOG_DEFAULT))
     with progress_for(json_out, verbose) as progress:
-        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest, set_id=set_id), progress)
+        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest, set_id=set_id, record_in=record_in),
+                            progress)
     emit(report, json_out, render_verify)
     if not report.ok:
         raise typer.Exit(1)
