@@ -34,6 +34,25 @@ DEFAULT_TIMEOUT = int(os.environ.get("IMGBUILD_ENGINE_TIMEOUT", "3600"))
 PRIVATE_SERVICE_WAIT = 30.0
 PROBE_TIMEOUT = 15
 
+# Engine versions (major.minor) imgbuild's tests run against; README's "Engines" lists the same.
+TESTED_VERSIONS: dict[str, tuple[str, ...]] = {"docker": ("20.10", "26.1"), "podman": ("4.3", "5.4")}
+_warned: set[tuple[str, str]] = set()
+
+
+def display_name(found: Engine) -> str:
+    """"Docker Engine 26.1.5" or "Podman 5.4.2": how messages name an engine."""
+    return f"{'Podman' if found.kind == 'podman' else 'Docker Engine'} {found.version}"
+
+
+def untested_version_warning(found: Engine) -> str | None:
+    """A warning when the engine's version is not one imgbuild is tested with, else None."""
+    release = ".".join(found.version.split("+", 1)[0].split("-", 1)[0].split(".")[:2])
+    tested = TESTED_VERSIONS.get(found.kind, ())
+    if release in tested:
+        return None
+    return (f"warning: {display_name(found)} at {found.host} is not a version imgbuild is tested with "
+            f"({', '.join(tested)})")
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -107,7 +126,7 @@ def connect(engine: str = "auto", host: str | None = None, *,
         found = _open(host, timeout)
         if not _matches(engine, found):
             raise EngineError(f"{host} is {found.kind} {found.version}, but --engine {engine} was asked for")
-        with _closing(found):
+        with _closing(found, progress):
             yield found
         return
 
@@ -123,7 +142,7 @@ def connect(engine: str = "auto", host: str | None = None, *,
             tried.append(f"{url}: is {found.kind}, not {engine}")
             found.client.close()
             continue
-        with _closing(found):
+        with _closing(found, progress):
             yield found
         return
 
@@ -140,7 +159,11 @@ def connect(engine: str = "auto", host: str | None = None, *,
 
 
 @contextmanager
-def _closing(found: Engine) -> Iterator[Engine]:
+def _closing(found: Engine, progress: ProgressCallback = no_progress) -> Iterator[Engine]:
+    warning = untested_version_warning(found)
+    if warning is not None and (found.kind, found.version) not in _warned:
+        _warned.add((found.kind, found.version))  # once per process and version
+        progress(ProgressEvent(task="engine", message=warning, warning=True))
     try:
         yield found
     finally:
@@ -163,7 +186,7 @@ def _private_podman(progress: ProgressCallback, timeout: int, tried: list[str]) 
         except EngineError as exc:
             tried.append(str(exc))
             raise EngineError("no container engine found; tried:\n  " + "\n  ".join(tried)) from exc
-        with _closing(found):
+        with _closing(found, progress):
             yield found
     finally:
         proc.terminate()

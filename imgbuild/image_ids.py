@@ -20,7 +20,7 @@ from typing import Any
 import docker.errors
 
 from imgbuild.bootstrap import find_image
-from imgbuild.engines import Engine
+from imgbuild.engines import Engine, display_name
 from imgbuild.errors import EngineError
 
 CONTAINERD_DRIVER_TYPE = "io.containerd.snapshotter.v1"
@@ -40,21 +40,16 @@ def image_store(engine: Engine) -> str:
     try:
         info = engine.api.info()
     except (docker.errors.DockerException, OSError) as exc:
-        raise EngineError(f"{describe_plain(engine)} at {engine.host}: cannot read its info: {exc}") from exc
+        raise EngineError(f"{display_name(engine)} at {engine.host}: cannot read its info: {exc}") from exc
     return _store_of(engine.host, engine.version, engine.kind, json.dumps(info.get("DriverStatus") or []))
-
-
-def describe_plain(engine: Engine) -> str:
-    name = "Podman" if engine.kind == "podman" else "Docker Engine"
-    return f"{name} {engine.version}"
 
 
 def describe(engine: Engine) -> str:
     """The engine as error messages name it: kind, version and, for Docker, its image store."""
     store = image_store(engine)
     if store == "containerd":
-        return f"{describe_plain(engine)} (containerd image store)"
-    return describe_plain(engine)
+        return f"{display_name(engine)} (containerd image store)"
+    return display_name(engine)
 
 
 def _seconds(created: Any) -> int | None:

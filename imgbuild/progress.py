@@ -17,6 +17,7 @@ class ProgressEvent:
     ``done``/``total`` are in ``unit`` (bytes unless said otherwise); ``total`` is None when unknown.
     ``message`` carries a log line (a build step's output) and is shown as text, not as a bar.
     ``finished`` marks the end of the task.
+    ``warning`` marks a message the user must see even when log lines are not shown.
     """
 
     task: str
@@ -25,6 +26,7 @@ class ProgressEvent:
     unit: str = "bytes"
     message: str | None = None
     finished: bool = False
+    warning: bool = False
 
 
 ProgressCallback = Callable[[ProgressEvent], None]

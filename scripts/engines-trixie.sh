@@ -6,6 +6,7 @@
 #   scripts/engines-trixie.sh start [docker26|docker26c|podman5|all]   prints export lines
 #   scripts/engines-trixie.sh stop [docker26|docker26c|podman5|all]
 #   scripts/engines-trixie.sh env                                      prints the export lines again
+#   scripts/engines-trixie.sh running [NAME|all]                       exit status 0 when they run
 # They cannot be installed beside Debian 12's engines, so each runs in a privileged container of the host's
 # Podman, sharing the host's network (a published port is reachable on the host's 127.0.0.1) and with its
 # socket and storage bind-mounted from $IMGBUILD_TRIXIE_ENGINES_DIR (default /run/imgbuild-engines-trixie),
@@ -221,7 +222,9 @@ case "$cmd" in
         for name in $chosen; do wait_ready "$name"; done
         print_env ;;
     env) print_env ;;
+    running)  # exit status 0 when every engine named (default: all) is running
+        for name in $(names "${2:-all}"); do alive "$name" || exit 1; done ;;
     stop)
         for name in $(names "${2:-all}"); do stop_one "$name"; done ;;
-    *) echo "usage: $0 start|stop [docker26|docker26c|podman5|all] | env" >&2; exit 2 ;;
+    *) echo "usage: $0 start|stop|running [docker26|docker26c|podman5|all] | env" >&2; exit 2 ;;
 esac

@@ -12,13 +12,23 @@ scripts/setup.sh
 
 dir=${IMGBUILD_ENGINES_DIR:-/run/imgbuild-engines}
 alive() { [ -f "$dir/$1.pid" ] && kill -0 "$(cat "$dir/$1.pid")" 2>/dev/null; }
+stop=""
+trap 'eval "$stop"' EXIT
+trap 'exit 130' INT TERM
 if alive podman && alive docker; then
     echo "test.sh: using the engines already running in $dir"
 else
-    trap 'scripts/engines.sh stop' EXIT
-    trap 'exit 130' INT TERM
+    stop="scripts/engines.sh stop"
 fi
 eval "$(scripts/engines.sh start both)"
+# Docker Engine 26 (classic and containerd image store) and Podman 5 from a trixie root filesystem, for the
+# tests marked newer_engines (DEVELOPING.md); the first start makes the rootfs (about a minute, then cached).
+if scripts/engines-trixie.sh running; then
+    echo "test.sh: using the newer engines already running"
+else
+    stop="${stop:+$stop; }scripts/engines-trixie.sh stop"
+fi
+eval "$(scripts/engines-trixie.sh start)"
 
 export IMGBUILD_REQUIRE_ENGINES=1
 .venv/bin/python -m pytest --timeout=1200 "$@"

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import types
 
 import pytest
 
 from imgbuild.bootstrap import find_image, image_labels, split_tag
-from imgbuild.engines import connect, engine_kind, socket_candidates
+from imgbuild.engines import Engine, _closing, connect, engine_kind, socket_candidates, untested_version_warning
 from imgbuild.errors import EngineError, UsageError
 
 
@@ -45,6 +46,47 @@ def test_missing_socket_names_what_was_tried(monkeypatch: pytest.MonkeyPatch) ->
             pass
     assert "unix:///nonexistent/imgbuild-test.sock" in str(err.value)
     assert "/var/run/docker.sock" in str(err.value)
+
+
+def _fake_engine(kind: str, version: str) -> Engine:
+    client = types.SimpleNamespace(close=lambda: None)  # only its version matters here
+    return Engine(client=client, api=None, kind=kind, host="unix:///nowhere.sock", version=version)  # type: ignore[arg-type]
+
+
+def test_untested_versions_are_warned_about_once_per_process() -> None:
+    for kind, version in [("docker", "20.10.24+dfsg1"), ("docker", "26.1.5+dfsg1"), ("podman", "4.3.1"),
+                          ("podman", "5.4.2")]:
+        assert untested_version_warning(_fake_engine(kind, version)) is None
+    newer = _fake_engine("docker", "29.0.1")
+    warning = untested_version_warning(newer)
+    assert warning is not None and "Docker Engine 29.0.1" in warning and "20.10, 26.1" in warning
+    assert untested_version_warning(_fake_engine("podman", "5.6.0-dev")) is not None
+    seen: list = []
+    for _ in range(2):
+        with _closing(newer, seen.append):
+            pass
+    assert [e.message for e in seen] == [warning] and seen[0].warning
+
+
+def test_the_cli_shows_warnings_even_without_log_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from imgbuild.cli import common
+    from imgbuild.progress import ProgressEvent
+
+    out = io.StringIO()
+    monkeypatch.setattr(common, "stderr", Console(file=out, force_terminal=False))
+    with common.progress_for(json_mode=True, verbose=False) as progress:
+        progress(ProgressEvent(task="build", message="a build log line"))
+        progress(ProgressEvent(task="engine", message="warning: untested", warning=True))
+    assert out.getvalue() == "warning: untested\n"
+
+
+@pytest.mark.newer_engines
+def test_the_engines_tested_with_are_not_warned_about(engine) -> None:
+    assert untested_version_warning(engine) is None, engine.version
 
 
 def test_connect_reports_kind_and_version(engine) -> None:

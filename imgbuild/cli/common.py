@@ -33,7 +33,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TimeRemainingColumn, TransferSpeedColumn)
 
 from imgbuild.errors import BuildFailed, ImgbuildError
-from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
+from imgbuild.progress import ProgressCallback, ProgressEvent
 
 app = typer.Typer(
     name="imgbuild",
@@ -141,9 +141,9 @@ class _RichProgress:
 
     def __call__(self, event: ProgressEvent) -> None:
         if event.message is not None:
-            if self.show_messages:
+            if self.show_messages or event.warning:
                 console = self.progress.console if self.progress else stderr
-                console.print(escape(event.message), style="dim", highlight=False)
+                console.print(escape(event.message), style="yellow" if event.warning else "dim", highlight=False)
             if not event.total and not event.done and not event.finished:
                 return
         if self.progress is None:
@@ -165,7 +165,7 @@ def progress_for(json_mode: bool, verbose: bool, unit: str = "bytes") -> Iterato
     tty = stderr.is_terminal
     show_messages = verbose or (tty and not json_mode)
     if not tty or json_mode:
-        yield _RichProgress(None, show_messages) if show_messages else no_progress
+        yield _RichProgress(None, show_messages)  # without messages it still prints warnings
         return
     columns = [TextColumn("{task.description}"), BarColumn()]
     columns += ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()])
