@@ -44,4 +44,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || ! .venv/bin/python -
     fi
     echo "$want" > "$stamp"
 fi
+# .venv-torch: CPU torch and the model sources for the torch engines' tests (scripts/setup_torch.sh).
+scripts/setup_torch.sh
 echo "setup.sh: ready (.venv/bin/imgbuild)"

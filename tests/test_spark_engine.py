@@ -1,9 +1,9 @@
 """The SparkTTS engine of the runtime: prompts in SparkTTS's own token format, token parsing, sentence cuts,
 the `--engine sparktts` registry entry and the server's exit when the model cannot load.
 
-The model itself (0.5B LLM + BiCodec, torch, transformers) cannot run here; the prompts are checked
-against the format of SparkTTS's cli/SparkTTS.py (process_prompt, process_prompt_control), which is what
-the LLM was trained on.
+These need neither torch nor the model; the prompts are checked against the format of SparkTTS's
+cli/SparkTTS.py (process_prompt, process_prompt_control), which is what the LLM was trained on. The engine
+running Spark-TTS's code on a stand-in model is tests/test_spark_serve.py.
 """
 
 from __future__ import annotations
@@ -47,6 +47,12 @@ def test_token_ids_parse_generated_text() -> None:
     assert spark.token_ids(generated, "global") == [12, 3]
     assert spark.token_ids(generated, "semantic") == [400, 0]
     assert spark.token_ids("no tokens", "semantic") == []
+
+
+def test_token_budget_grows_with_the_sentence_up_to_sparktts_limit() -> None:
+    assert spark.token_budget("Hi.") == 175
+    assert spark.token_budget("x" * 40) > spark.token_budget("x" * 20)
+    assert spark.token_budget("x" * 1000) == spark.MAX_NEW_TOKENS
 
 
 @pytest.mark.parametrize("speed,level", [(0.5, "very_low"), (0.8, "low"), (1.0, "moderate"), (1.4, "high"),

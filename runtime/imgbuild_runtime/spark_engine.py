@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .engine import Engine, EncodedReference, EngineInfo, SynthesisOptions
+from .errors import EngineFailed
 
 # Token strings of SparkTTS's vocabulary (sparktts/utils/token_parser.py and cli/SparkTTS.py).
 TASK_TTS = "<|task_tts|>"
@@ -34,6 +35,7 @@ TASK_CONTROLLABLE_TTS = "<|task_controllable_tts|>"
 LEVELS = ("very_low", "low", "moderate", "high", "very_high")
 GENDERS = ("female", "male")
 MAX_NEW_TOKENS = 3000  # SparkTTS's own limit per generation (about 60 s of speech at 50 tokens/s)
+GLOBAL_TOKENS = 32  # BiCodec's speaker encoder: token_num global tokens describe a voice
 _SENTENCE_END = re.compile(r"(?<=[.!?;。！？；])\s*|\n+")
 _MAX_SENTENCE_CHARS = 300
 
@@ -63,6 +65,13 @@ def control_prompt(text: str, gender: str, pitch: str = "moderate", speed: str =
 def token_ids(generated: str, kind: str) -> list[int]:
     """The ids of `<|bicodec_KIND_N|>` tokens in generated text, in order (kind: global or semantic)."""
     return [int(n) for n in re.findall(rf"bicodec_{kind}_(\d+)", generated)]
+
+
+def token_budget(sentence: str) -> int:
+    """New tokens one sentence may generate: 25 per character (half a second of speech, far slower than
+    anyone speaks) plus room for the 32 global tokens, at most MAX_NEW_TOKENS. A model that never emits its
+    end token then stops after a sentence's worth of audio instead of a minute of it."""
+    return min(MAX_NEW_TOKENS, 100 + 25 * len(sentence))
 
 
 def speed_level(speed: float) -> str:
@@ -113,8 +122,15 @@ class SparkEngine(Engine):
         self._codec = BiCodecTokenizer(self.model_dir, device=device)
 
     def warmup(self) -> None:
-        for _ in self.synthesize("Hello.", (), SynthesisOptions(speaker="female"), threading.Event()):
-            pass
+        """One short pass of each model, so the first request does not pay for lazy initialisation. It
+        does not depend on what the LLM generates: a few tokens, then fixed codes through BiCodec."""
+        import torch
+
+        inputs = self._tokenizer([control_prompt("Hello.", "female")], return_tensors="pt")  # type: ignore[misc]
+        with torch.no_grad():
+            self._llm.generate(**inputs, max_new_tokens=8, do_sample=False)  # type: ignore[union-attr]
+        self._codec.detokenize(torch.zeros(1, GLOBAL_TOKENS, dtype=torch.long),  # type: ignore[union-attr]
+                               torch.zeros(1, 50, dtype=torch.long))
 
     def info(self) -> EngineInfo:
         return EngineInfo(engine=self.name, model=self.model_dir.name, sample_rate=self.sample_rate,
@@ -135,8 +151,8 @@ class SparkEngine(Engine):
             global_ids, semantic_ids = self._codec.tokenize(path)  # type: ignore[union-attr]
         finally:
             os.unlink(path)
-        return EncodedReference(text=text, arrays={"global": global_ids.squeeze().cpu().numpy().astype(np.int64),
-                                                   "semantic": semantic_ids.squeeze().cpu().numpy().astype(np.int64)})
+        return EncodedReference(text=text, arrays={"global": global_ids.reshape(-1).cpu().numpy().astype(np.int64),
+                                                   "semantic": semantic_ids.reshape(-1).cpu().numpy().astype(np.int64)})
 
     def synthesize(self, text: str, references: Sequence[EncodedReference], options: SynthesisOptions,
                    cancel: threading.Event) -> Iterator[np.ndarray]:
@@ -156,7 +172,8 @@ class SparkEngine(Engine):
             sampling = dict(options.sampling)
             with torch.no_grad():
                 out = self._llm.generate(  # type: ignore[union-attr]
-                    **inputs, max_new_tokens=int(sampling.get("max_new_tokens", MAX_NEW_TOKENS)), do_sample=True,
+                    **inputs, max_new_tokens=int(sampling.get("max_new_tokens", token_budget(sentence))),
+                    do_sample=True,
                     top_k=50, top_p=float(sampling.get("top_p", 0.95)),
                     temperature=float(sampling.get("temperature", 0.8)))
             generated = self._tokenizer.batch_decode(  # type: ignore[union-attr]
@@ -165,6 +182,9 @@ class SparkEngine(Engine):
             if not semantic:
                 continue
             global_ids = ref.arrays["global"].tolist() if ref is not None else token_ids(generated, "global")
+            if len(global_ids) != GLOBAL_TOKENS:
+                raise EngineFailed(f"the model generated {len(global_ids)} voice (global) tokens; BiCodec needs "
+                                   f"{GLOBAL_TOKENS}")
             wav = self._codec.detokenize(  # type: ignore[union-attr]
                 torch.tensor(global_ids, dtype=torch.long).unsqueeze(0),
                 torch.tensor(semantic, dtype=torch.long).unsqueeze(0))

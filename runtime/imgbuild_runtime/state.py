@@ -17,7 +17,7 @@ from .voices import VoiceCatalog, scan_ref_data
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("piper", "sparktts")
+ENGINES = ("piper", "sparktts", "fishspeech")
 # Names OpenAI clients send; accepted as "the loaded model".
 MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
@@ -35,6 +35,7 @@ class ServerConfig:
     request_timeout: float = 300.0
     max_body_bytes: int = 32 * 1024 * 1024
     preencode: bool = True  # encode every ref_data reference while loading, so no request pays for it
+    precision: str = "auto"  # fishspeech: auto (by CPU features and a measurement), fp32 or bf16
     voice_map: tuple[tuple[str, str], ...] = ()  # extra or changed aliases: ("alloy", "2r/happy"), ...
     api_key: str | None = None  # when set, requests need `Authorization: Bearer <key>` (not /health)
     docs: bool = False  # serve /docs and /openapi.json
@@ -62,6 +63,11 @@ def make_engine(config: ServerConfig) -> Engine:
         from .spark_engine import SparkEngine
 
         return SparkEngine(config.model, config.threads)
+    if config.engine == "fishspeech":
+        # Imported here too: fish-speech needs torch and its own source tree.
+        from .fish_engine import FishSpeechEngine
+
+        return FishSpeechEngine(config.model, config.threads, config.precision)
     raise ValueError(f"unknown engine {config.engine!r}; known: {', '.join(ENGINES)}")
 
 

@@ -22,26 +22,12 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random values")
 
 
-def _spark(models: argparse._SubParsersAction) -> None:
-    spark = models.add_parser("spark-tts", help="SparkAudio/Spark-TTS-0.5B (needs torch, transformers, sparktts)")
-    add_common(spark)
-    spark.add_argument("--spark-src", type=Path, help="Spark-TTS source folder (holding sparktts/)")
-
-    def make(args: argparse.Namespace) -> Path:
-        from .spark import make_spark
-
-        return make_spark(args.out, args.size, args.seed, spark_src=args.spark_src)
-
-    spark.set_defaults(make=make)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.support.standins", description=__doc__)
     models = parser.add_subparsers(dest="model", required=True)
-    _spark(models)
     package = importlib.import_module(__package__)
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name.startswith("_") or info.name == "spark":
+        if info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__package__}.{info.name}")
         if hasattr(module, "register"):
