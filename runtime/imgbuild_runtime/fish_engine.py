@@ -1,0 +1,235 @@
+"""fish-speech 1.2 as an engine of imgbuild's TTS runtime (imgbuild_runtime.engine.Engine), on the CPU.
+
+fish-speech 1.2 is a DualARTransformer (text -> semantic tokens, 4 codebooks of 1024 codes, about 21 per
+second of audio) plus the firefly VQ-GAN (audio <-> codes, 44.1 kHz). This engine loads both with
+fish-speech's own code (`fish_speech` and its `tools/` folder must be importable, as in an image of its
+source tree) and serves them with:
+- a reference voice encoded once (the firefly encoder) and cached by the server by content hash, instead
+  of on every request;
+- the precision the CPU runs fastest: fp32 unless the CPU has native bf16 (AVX512-BF16 or AMX) and a bf16
+  matrix-vector pass measures faster there (fish-speech's tools.api always runs bf16, which on CPUs
+  without native bf16 is several times slower than fp32);
+- generation in fish_generate.py (caches allocated once, prompt prefixes reused, cancellable per token);
+- audio decoded and streamed sentence by sentence.
+
+The model folder is fish-speech's checkpoint folder (`checkpoints/fish-speech-1.2-sft`: config.json,
+model.pth, tokenizer files and firefly-gan-vq-fsq-4x1024-42hz-generator.pth). torch is imported only when
+the model loads. Served with `python -m imgbuild_runtime --engine fishspeech --model CHECKPOINT_DIR`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .engine import Engine, EncodedReference, EngineInfo, SynthesisOptions
+from .errors import BadReferenceAudio
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16")
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+DECODER_GLOB = "firefly-gan-vq-*generator.pth"
+DECODER_CONFIG = "firefly_gan_vq"
+_WARMUP_TOKENS = 8
+
+
+def cpu_flags(cpuinfo: str) -> set[str]:
+    """The feature flags of the first processor in a /proc/cpuinfo text."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return set(value.split())
+    return set()
+
+
+def choose_precision(requested: str, flags: set[str], measure: Callable[[], dict[str, float]]) -> tuple[str, str]:
+    """(precision, why). `measure` times one matrix-vector pass per precision; called only when it decides."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; choose one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return requested, "requested"
+    native = sorted(flags.intersection(NATIVE_BF16_FLAGS))
+    if not native:
+        return "fp32", "the CPU has no native bf16"
+    seconds = measure()
+    best = min(seconds, key=seconds.__getitem__)
+    timings = ", ".join(f"{name} {value * 1e3:.2f} ms" for name, value in sorted(seconds.items()))
+    return best, f"the CPU has {'+'.join(native)}; one layer took {timings}"
+
+
+def measure_matvec(dim: int, hidden: int, repeats: int = 5) -> dict[str, float]:
+    """Best time of a batch-1 pass through a (dim x hidden) feed-forward layer in fp32 and bf16."""
+    import torch
+    import torch.nn.functional as F
+
+    result = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        weight = torch.randn(hidden, dim).to(dtype)
+        x = torch.randn(1, dim).to(dtype)
+        best = float("inf")
+        with torch.inference_mode():
+            for _ in range(repeats):
+                started = time.perf_counter()
+                for _ in range(4):
+                    F.linear(x, weight)
+                best = min(best, (time.perf_counter() - started) / 4)
+        result[name] = best
+    return result
+
+
+def import_fish_speech() -> None:
+    """Make fish-speech's `tools` package importable beside its installed `fish_speech` package."""
+    if importlib.util.find_spec("fish_speech") is None:
+        raise ModuleNotFoundError("No module named 'fish_speech': install fish-speech 1.2's source tree (pip -e)")
+    if importlib.util.find_spec("tools") is None:
+        import fish_speech
+
+        # A namespace package (no __init__.py in 1.2): its folder comes from __path__.
+        sys.path.insert(0, str(Path(list(fish_speech.__path__)[0]).resolve().parent))
+
+
+def find_decoder(model_dir: Path) -> Path:
+    found = sorted(model_dir.glob(DECODER_GLOB))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in found) or "none"
+        raise FileNotFoundError(f"{model_dir}: expected one {DECODER_GLOB} (the firefly decoder), found {names}")
+    return found[0]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class FishSpeechEngine(Engine):
+    name = "fishspeech"
+
+    def __init__(self, model_dir: Path, threads: int, precision: str = "auto") -> None:
+        self.model_dir = Path(model_dir)
+        self.threads = threads
+        self.requested_precision = precision
+        self.precision = precision if precision != "auto" else "fp32"
+        self.sample_rate = 44100
+        self._decoder_id = ""
+        self._generator = None  # fish_generate.Generator after load()
+        self._decoder = None  # fish-speech's FireflyArchitecture after load()
+
+    def load(self) -> None:
+        if not (self.model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"{self.model_dir} is not a fish-speech checkpoint folder (no config.json)")
+        decoder_path = find_decoder(self.model_dir)
+        import_fish_speech()
+        import torch
+
+        torch.set_num_threads(self.threads)
+        from fish_speech.models.text2semantic.llama import BaseTransformer
+        from tools.vqgan.inference import load_model as load_decoder
+
+        from .fish_generate import Generator
+
+        model = BaseTransformer.from_pretrained(str(self.model_dir), load_weights=True)
+        flags = cpu_flags(Path("/proc/cpuinfo").read_text()) if Path("/proc/cpuinfo").exists() else set()
+        self.precision, why = choose_precision(
+            self.requested_precision, flags,
+            lambda: measure_matvec(model.config.dim, model.config.intermediate_size))  # fmt: skip
+        log.info("fish-speech precision %s: %s", self.precision, why)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        self._generator = Generator(model.to(dtype=dtype).eval())
+        # The decoder stays fp32: fish-speech's bf16 autocast of its convolutions is the slow part on CPUs.
+        decoder = load_decoder(config_name=DECODER_CONFIG, checkpoint_path=str(decoder_path), device="cpu")
+        # Weight norm recomputes every convolution's weight on every call; fold it in once.
+        decoder.remove_parametrizations()
+        self._decoder = decoder.eval()
+        self.sample_rate = int(decoder.spec_transform.sample_rate)
+        self._decoder_id = file_sha256(decoder_path)[:16]
+
+    def _loaded(self):  # type: ignore[no-untyped-def]
+        if self._generator is None or self._decoder is None:
+            raise RuntimeError("fishspeech engine used before load()")
+        return self._generator, self._decoder
+
+    def warmup(self) -> None:
+        for _ in self.synthesize("Hello world.", (), SynthesisOptions(sampling={"max_new_tokens": _WARMUP_TOKENS}),
+                                 threading.Event()):
+            pass
+
+    def info(self) -> EngineInfo:
+        return EngineInfo(engine=self.name, model=self.model_dir.name, sample_rate=self.sample_rate,
+                          threads=self.threads, precision=self.precision, clones_voices=True, speakers=())
+
+    def encoder_id(self) -> str:
+        self._loaded()
+        return f"fishspeech-firefly-{self._decoder_id}-v1"
+
+    def encode_reference(self, audio: np.ndarray, sample_rate: int, text: str) -> EncodedReference:
+        import torch
+
+        _, decoder = self._loaded()
+        samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, self.sample_rate)
+        hop = int(decoder.spec_transform.hop_length) * 2  # one code per two mel frames
+        if samples.size < hop:
+            raise BadReferenceAudio(f"the reference audio is {samples.size / self.sample_rate:.3f} s long; "
+                                    f"it must be at least {hop / self.sample_rate:.3f} s")
+        with torch.inference_mode():
+            audios = torch.from_numpy(samples)[None, None, :]
+            codes = decoder.encode(audios, torch.tensor([audios.shape[2]], dtype=torch.long))[0][0]
+        return EncodedReference(text=text, arrays={"codes": codes.numpy().astype(np.int64)},
+                                meta={"seconds": round(samples.size / self.sample_rate, 3)})
+
+    def semantic_segments(self, text: str, references: Sequence[EncodedReference], sampling: dict[str, float],
+                          cancel: threading.Event | None = None):  # type: ignore[no-untyped-def]
+        """Sentence by sentence: fish_generate.Segment (text, codes [codebooks, T], prefilled, generated)."""
+        import torch
+
+        from .fish_generate import Sampling
+
+        generator, _ = self._loaded()
+        texts = [r.text for r in references]
+        tokens = [torch.from_numpy(np.asarray(r.arrays["codes"])).to(torch.int) for r in references]
+        return generator.generate_long(text, texts, tokens, Sampling.from_options(dict(sampling)), cancel)
+
+    def decode(self, codes) -> np.ndarray:  # type: ignore[no-untyped-def]
+        import torch
+
+        _, decoder = self._loaded()
+        # Code 0 of a codebook is fish-speech's padding; a trained model does not emit it, a stand-in can.
+        codes = codes.clamp(min=0).long()
+        with torch.inference_mode():
+            audio = decoder.decode(indices=codes[None], feature_lengths=torch.tensor([codes.shape[1]])).squeeze()
+        return np.clip(audio.float().numpy().reshape(-1), -1.0, 1.0).astype(np.float32)
+
+    def synthesize(self, text: str, references: Sequence[EncodedReference], options: SynthesisOptions,
+                   cancel: threading.Event) -> Iterator[np.ndarray]:
+        from .fish_generate import Cancelled
+
+        segments = self.semantic_segments(text, references, options.sampling, cancel)
+        try:
+            for segment in segments:
+                if cancel.is_set():
+                    return
+                if segment.codes.shape[1] == 0:
+                    continue
+                yield self.decode(segment.codes)
+        except Cancelled:
+            return
+
+
+def resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    """To the decoder's rate: soxr's high quality, as librosa.load (fish-speech's loader) does by default."""
+    if rate == target:
+        return samples
+    import soxr
+
+    return soxr.resample(samples, rate, target, quality="HQ").astype(np.float32)
