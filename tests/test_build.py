@@ -186,6 +186,7 @@ def test_demo_builds_labels_runs_and_caches(engine, cleanup, unique_tag, tmp_pat
     assert not third.image("app").cached and third.image("app").id != app.id
 
 
+@pytest.mark.newer_engines
 def test_failing_run_step_reports_step_and_log_tail(engine, cleanup, unique_tag, bookworm_image,
                                                      tmp_path: Path) -> None:
     (tmp_path / "fail.Containerfile").write_text(
