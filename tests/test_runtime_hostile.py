@@ -253,6 +253,11 @@ def test_timeout_stops_the_engine_and_the_next_request_is_served(config: ServerC
 
 
 def test_slow_headers_and_stalled_bodies_are_cut_off(client: httpx.Client) -> None:
+    idle = socket.create_connection(("127.0.0.1", port_of(client)))  # connects and never says a word
+    idle.settimeout(10)
+    started = time.monotonic()
+    assert idle.recv(1024) == b"" and time.monotonic() - started < 5
+    idle.close()
     slow = socket.create_connection(("127.0.0.1", port_of(client)))
     slow.sendall(b"POST /v1/audio/speech HTTP/1.1\r\nHost: x\r\n")  # ...and never the rest of the head
     slow.settimeout(10)
