@@ -88,3 +88,47 @@ def test_layers_that_differ_from_the_config_are_refused(engine: Engine, engine_s
     with pytest.raises(LoadError, match="rootfs|its config"):
         load_set(engine, [tmp_path / "set"])
     _assert_nothing_loaded(engine, manifest)
+
+
+def _path_without(tmp_path: Path, tool: str) -> str:
+    """A PATH holding every command of /usr/bin and /bin except ``tool``."""
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    for source in (Path("/usr/local/bin"), Path("/usr/bin"), Path("/bin")):
+        for entry in source.iterdir():
+            if entry.name != tool and not (folder / entry.name).exists():
+                (folder / entry.name).symlink_to(entry)
+    return str(folder)
+
+
+def test_restore_sh_compares_the_loaded_ids_even_without_sha256sum(
+        engine: Engine, engine_set: tuple[Path, SetManifest], loaded: None, tmp_path: Path) -> None:
+    """A flipped bit in a config (PATH= becomes PAUH= in the image's Env) on the volume restore.sh runs from:
+    without sha256sum only the size is checked before loading, so the id comparison after it must fail."""
+    import shutil
+    import subprocess
+
+    from tests.test_archive import _engine_command
+
+    folder, manifest = engine_set
+    volumes = copy_set(folder, tmp_path / "set")
+    config = volumes[0] / manifest.images[-1].config.path
+    data = config.read_bytes()
+    assert b"PATH=" in data
+    config.write_bytes(data.replace(b"PATH=", b"PAUH=", 1))
+    if shutil.which(engine.kind) is None:
+        pytest.fail(f"the {engine.kind} CLI is not installed")
+    command, env = _engine_command(engine)
+    env["PATH"] = _path_without(tmp_path, "sha256sum")
+    proc = subprocess.run(["sh", str(volumes[0] / layout.RESTORE_NAME), "--engine", " ".join(command),
+                           "--tmp", str(tmp_path)], env=env, capture_output=True, text=True, timeout=600)
+    try:
+        assert proc.returncode == 1, proc.stderr
+        assert f"expected {manifest.images[-1].id.removeprefix('sha256:')}" in proc.stderr
+        assert "the engine's images are not the set's" in proc.stderr
+    finally:
+        for tag in manifest.images[-1].tags:
+            try:
+                engine.api.remove_image(tag, force=True)
+            except Exception:  # noqa: BLE001 - nothing to remove when the load was refused
+                pass
