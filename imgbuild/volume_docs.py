@@ -7,6 +7,7 @@ podman or docker. restore.sh carries the list of parts of every layer, so it nee
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -61,21 +62,37 @@ def _layer_lines(facts: SetFacts) -> str:
     return "\n".join(lines)
 
 
-def _manual_steps(s: str, long: bool) -> str:
-    """The shell lines of a restore by hand, up to the load; the same in both languages of README.txt."""
-    zstd_flag = " --long=27" if long else ""
-    return f'''    mkdir /tmp/restore
-    cp {s}-vol001/images/* /tmp/restore/
+def _manual_steps(facts: SetFacts, or_docker: str) -> str:
+    """The shell lines of a restore by hand, the same in both languages of README.txt: pasted as written
+    into sh or bash, they unpack into a new temporary folder, check every unpacked file's sha256 and only
+    then load (``or_docker``: the comment after the load line)."""
+    s = facts.set_id
+    zstd_flag = " --long=27" if facts.compression_long else ""
+    sums = [f"      '{_sha(docker_manifest(facts.images, facts.layers))}  manifest.json' \\"]
+    sums += [f"      '{image.config.sha256}  {layout.config_name(image.number)}' \\" for image in facts.images]
+    sums += [f"      '{layer.diff_id.removeprefix('sha256:')}  {layout.layer_name(layer.number)}' \\"
+             for layer in facts.layers]
+    checks = "\n".join(sums)
+    return f'''    d=$(mktemp -d /tmp/imgbuild-restore.XXXXXX)
+    cp {s}-vol001/images/* "$d"/
     for first in {s}-vol*/blobs/layer*.tar.zst.part001; do
         name=$(basename "$first" .zst.part001)
-        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > /tmp/restore/"$name"
+        cat {s}-vol*/blobs/"$name".zst.part* | zstd -dc{zstd_flag} > "$d/$name"
     done
+    printf '%s\\n' \\
+{checks}
+      | (cd "$d" && sha256sum -c) \\
+      && tar -C "$d" -cf - . | podman load        # {or_docker}
+    rm -rf "$d"
 '''
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def readme(facts: SetFacts, number: int) -> bytes:
     s, n, k = facts.set_id, facts.volume_count, number
-    manual = _manual_steps(s, facts.compression_long)
     text = f"""\
 imgbuild archive set {s}  --  volume {k} of {n}
 {'=' * 60}
@@ -108,11 +125,9 @@ Copy (or mount) all {n} volumes as folders side by side, keeping their names, th
 
     sh {layout.volume_folder(s, 1)}/{layout.RESTORE_NAME}          (add --engine docker for Docker)
 
-or do by hand what it does (needs free space for the uncompressed layers):
+or do by hand what it does (needs free space for the uncompressed layers; every line must say OK):
 
-{manual}    tar -C /tmp/restore -cf - . | podman load        (or: docker load)
-    rm -rf /tmp/restore
-
+{_manual_steps(facts, "or: docker load")}
 Each layer is one zstd stream cut into parts; join its parts in order (part001, part002, ...), then
 decompress. The layers and their parts:
 
@@ -154,9 +169,7 @@ imgbuild-set.json 描述了整个归档集。
 
 或者手工执行它所做的步骤（需要足够的空间存放解压后的镜像层）：
 
-{manual}    tar -C /tmp/restore -cf - . | podman load        （或：docker load）
-    rm -rf /tmp/restore
-
+{_manual_steps(facts, "或：docker load")}
 每个镜像层是一个 zstd 数据流，被切分成若干部分；按顺序（part001、part002……）拼接后再解压。
 镜像层及其各部分见上文英文部分的列表。导入后的镜像 ID 与上面列出的一致（镜像 ID 是其配置文件的 sha256）。
 """
@@ -169,7 +182,7 @@ imgbuild-set.json 描述了整个归档集。
 
 _RESTORE_HEAD = r"""#!/bin/sh
 # Restore the container images of imgbuild set @SET_ID@ WITHOUT imgbuild.
-# Needs only: sh, cat, zstd, tar, and podman or docker (sha256sum, when present, checks each layer).
+# Needs only: sh, cat, zstd, tar, head, and podman or docker (sha256sum, when present, checks each file).
 #
 # Usage: sh restore.sh [--engine podman|docker|"COMMAND ..."] [--tmp DIR] [VOLUME_FOLDER...]
 #   VOLUME_FOLDER  folders (or mount points) of the volumes; default: the folder of this script and the
@@ -202,7 +215,7 @@ if [ $# -eq 0 ]; then
 fi
 DIRS=$(for d in "$@"; do printf '%s\n' "$d"; done)
 
-for tool in cat zstd tar; do
+for tool in cat zstd tar head; do
     command -v "$tool" >/dev/null 2>&1 || die "$tool is needed but not installed"
 done
 if [ -z "$engine" ]; then
@@ -224,7 +237,23 @@ tmp=$(mktemp -d "$tmpbase/imgbuild-restore.XXXXXX") || die "cannot create a fold
 trap 'rm -rf "$tmp"' EXIT
 trap 'exit 130' INT TERM
 
-# layer NAME SIZE DIFF_ID PATH:VOLUME...: join the parts of one layer and decompress them.
+# check NAME SIZE SHA256: the file $tmp/NAME has that size and (with sha256sum) that sha256.
+check() {
+    got=$(wc -c < "$tmp/$1" | tr -d ' ')
+    [ "$got" = "$2" ] || die "$1 has $got bytes, expected $2"
+    if command -v sha256sum >/dev/null 2>&1; then
+        sum=$(sha256sum "$tmp/$1" | cut -d' ' -f1)
+        [ "$sum" = "$3" ] || die "$1 has sha256 $sum, expected $3"
+    fi
+}
+
+# small PATH NAME SIZE SHA256: copy a volume-relative file of volume 1 to $tmp/NAME and check it.
+small() {
+    f=$(find_file "$1" 1); cp "$f" "$tmp/$2"; check "$2" "$3" "$4"
+}
+
+# layer NAME SIZE DIFF_ID PATH:VOLUME...: join the parts of one layer and decompress them, stopping as
+# soon as the output is larger than SIZE.
 layer() {
     name=$1; size=$2; diff=$3; shift 3
     : > "$tmp/parts.list"
@@ -232,14 +261,28 @@ layer() {
         find_file "${spec%:*}" "${spec##*:}" >> "$tmp/parts.list"
     done
     echo "restore.sh: $name ($size bytes) from $# part(s)" >&2
-    while IFS= read -r f; do cat "$f"; done < "$tmp/parts.list" | zstd -dc @ZSTD_FLAGS@ > "$tmp/$name" \
-        || die "decompressing $name failed"
+    { while IFS= read -r f; do cat "$f"; done < "$tmp/parts.list" | zstd -dc @ZSTD_FLAGS@
+      echo $? > "$tmp/zstd.status"; } | head -c $((size + 1)) > "$tmp/$name"
     got=$(wc -c < "$tmp/$name" | tr -d ' ')
-    [ "$got" = "$size" ] || die "$name has $got bytes, expected $size"
-    if command -v sha256sum >/dev/null 2>&1; then
-        sum=$(sha256sum "$tmp/$name" | cut -d' ' -f1)
-        [ "sha256:$sum" = "$diff" ] || die "$name has sha256:$sum, expected $diff"
+    [ "$got" -le "$size" ] || die "$name decompresses to more than $size bytes (stopped there)"
+    [ "$(cat "$tmp/zstd.status")" = 0 ] || die "decompressing $name failed"
+    check "$name" "$size" "${diff#sha256:}"
+}
+
+# image REF ID: after the load, REF must be the set's image ID (the sha256 of its config). Docker's containerd
+# image store names an image by its manifest digest instead: there the id cannot be compared (say so).
+bad=0
+image() {
+    ref=$1; want=${2#sha256:}
+    if ! got=$($engine image inspect --format '{{.Id}}' "$ref" 2>/dev/null); then
+        echo "restore.sh: $ref is not in the engine after the load" >&2; bad=1; return 0
     fi
+    [ "${got#sha256:}" = "$want" ] && return 0
+    if $engine info --format '{{json .DriverStatus}}' 2>/dev/null | grep -q containerd.snapshotter; then
+        echo "restore.sh: $ref is ${got#sha256:} in this image store (a manifest digest); not compared" >&2
+        return 0
+    fi
+    echo "restore.sh: $ref is image ${got#sha256:}, expected $want" >&2; bad=1
 }
 
 """
@@ -248,7 +291,9 @@ _RESTORE_TAIL = r"""
 echo "restore.sh: loading into $engine" >&2
 # shellcheck disable=SC2086  # $engine may be a command with arguments
 tar -C "$tmp" -cf - @MEMBERS@ | $engine load
-echo "restore.sh: done; the images should have these ids:" >&2
+@IMAGES@
+[ "$bad" = 0 ] || die "the engine's images are not the set's (see above)"
+echo "restore.sh: done; the images have these ids:" >&2
 @IDS@
 """
 
@@ -259,14 +304,16 @@ def restore_script(facts: SetFacts) -> bytes:
             .replace("@ZSTD_FLAGS@", "--long=27" if facts.compression_long else ""))
     lines = []
     for image in facts.images:
-        path = layout.config_path(image.number)
-        lines.append(f'f=$(find_file {path} 1); cp "$f" "$tmp/{layout.config_name(image.number)}"')
-    lines.append(f'f=$(find_file {layout.DOCKER_MANIFEST_PATH} 1); cp "$f" "$tmp/manifest.json"')
+        lines.append(f"small {layout.config_path(image.number)} {layout.config_name(image.number)} "
+                     f"{image.config.size} {image.config.sha256}")
+    listing = docker_manifest(facts.images, facts.layers)
+    lines.append(f"small {layout.DOCKER_MANIFEST_PATH} manifest.json {len(listing)} {_sha(listing)}")
     for layer in facts.layers:
         specs = " ".join(f"{part.path}:{part.volume}" for part in layer.parts)
         lines.append(f"layer {layout.layer_name(layer.number)} {layer.size} {layer.diff_id} {specs}")
     members = ["manifest.json"] + [layout.config_name(i.number) for i in facts.images]
     members += [layout.layer_name(layer.number) for layer in facts.layers]
     ids = "\n".join(f"echo '  {image.id}  {' '.join(image.tags)}' >&2" for image in facts.images)
-    tail = _RESTORE_TAIL.replace("@MEMBERS@", " ".join(members)).replace("@IDS@", ids)
+    checks = "\n".join(f"image {image.tags[0] if image.tags else image.id} {image.id}" for image in facts.images)
+    tail = _RESTORE_TAIL.replace("@MEMBERS@", " ".join(members)).replace("@IDS@", ids).replace("@IMAGES@", checks)
     return (head + "\n".join(lines) + "\n" + tail).encode()
