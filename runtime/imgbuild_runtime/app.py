@@ -177,17 +177,23 @@ async def _synthesize(
             )
         # Encoded as the chunks come, so a long text never holds all its float samples at once.
         encoder = open_encoder(fmt, info.sample_rate, stream=False)
-        body, samples = [encoder.feed(first)], first.size
+        body, samples = [await _off_loop(encoder.feed, first)], first.size
         async for chunk in chunks:
             samples += chunk.size
-            body.append(encoder.feed(chunk))
+            body.append(await _off_loop(encoder.feed, chunk))
     finally:
         watcher.cancel()
         if not stream:
             job.settle()
-    body.append(encoder.finish())
+    body.append(await _off_loop(encoder.finish))
     _log_done(voice.name, len(text), samples / info.sample_rate, time.monotonic() - started, ttfa)
     return Response(b"".join(body), media_type=CONTENT_TYPES[fmt], headers=headers)
+
+
+async def _off_loop(call: Callable[..., bytes], *args: object) -> bytes:
+    # mp3/opus/aac encoding of a long sentence takes a noticeable time: not on the event loop, which serves
+    # every other client meanwhile. One call at a time per encoder, so it needs no lock.
+    return await asyncio.to_thread(call, *args)
 
 
 async def _cancel_on_disconnect(request: Request, job: Job) -> None:
@@ -204,12 +210,12 @@ async def _stream_body(
     samples = first.size
     encoder = open_encoder(fmt, rate, stream=True)
     try:
-        yield encoder.feed(first)
+        yield await _off_loop(encoder.feed, first)
         async for chunk in chunks:
             samples += chunk.size
-            if data := encoder.feed(chunk):
+            if data := await _off_loop(encoder.feed, chunk):
                 yield data
-        yield encoder.finish()
+        yield await _off_loop(encoder.finish)
     except TTSError as exc:
         # Headers are gone already: the audio simply ends early; the log says why.
         log.warning("stream for voice %s ended early: %s", voice, exc.message)
