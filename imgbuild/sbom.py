@@ -98,7 +98,9 @@ if lock:
     for entry in json.loads(lock).get("checkpoints", []):
         folder = os.path.join(sys.argv[1], entry.get("dest", ""))
         found = []
-        for name in ("README.md", "MODEL_CARD", "LICENSE", "LICENSE.md"):
+        cards = [f["path"] for f in entry.get("files", [])
+                 if os.path.basename(f.get("path", "")) in ("README.md", "MODEL_CARD", "LICENSE", "LICENSE.md")]
+        for name in sorted(cards, key=lambda p: (p.count("/"), p)):  # the repository's own card first
             try:
                 text = open(os.path.join(folder, name), encoding="utf-8", errors="replace").read(1 << 16)
             except OSError:

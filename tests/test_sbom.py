@@ -25,7 +25,8 @@ from tests.test_manifest import _bytes, _h, valid_manifest
 IMAGE_ID = "sha256:" + "ab" * 32
 LOCK = {"checkpoints": [{"source": "hub", "repo": "fishaudio/fish-speech-1.2-sft", "dest": "checkpoints/fs",
                          "commit": "c0ffee", "files": [{"path": "model.pth", "size": 1000, "sha256": "cd" * 32},
-                                                       {"path": "config.json", "size": 10, "git_sha1": "ef" * 20}]}]}
+                                                       {"path": "config.json", "size": 10, "git_sha1": "ef" * 20},
+                                                       {"path": "README.md", "size": 44, "git_sha1": "ab" * 20}]}]}
 
 
 def report() -> dict:
@@ -53,7 +54,8 @@ def test_cyclonedx_document_is_valid_and_summarizes() -> None:
     assert ("python3", "3.11.2-1+b1", ("PSF-2.0",)) in contents.debs
     assert ("Starlette", "0.41.0", ("BSD License",)) in contents.python
     assert contents.top_level == {"python3", "fastapi"}  # starlette is required by fastapi; pep 503 names
-    assert sorted(contents.restricted()) == [("checkpoints/fs/config.json", "cc-by-nc-sa-4.0"),
+    assert sorted(contents.restricted()) == [("checkpoints/fs/README.md", "cc-by-nc-sa-4.0"),
+                                             ("checkpoints/fs/config.json", "cc-by-nc-sa-4.0"),
                                              ("checkpoints/fs/model.pth", "cc-by-nc-sa-4.0")]
     summary = contents.summary_lines()
     assert "fastapi 0.115.0" in summary and "Starlette" not in summary.split("Python (top level):")[1].split("\n")[0]
