@@ -85,12 +85,16 @@ def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressC
     if not recovery.recoverable:
         raise ArchiveError("the set cannot be repaired: " + "; ".join(describe(recovery)[-1:]),
                            hint="verify lists each damaged file and block")
-    options.out.mkdir(parents=True, exist_ok=True)
+    # Any OS error while writing (read-only or full file system, ...) names OUT or the file; the staging
+    # folders are removed, so nothing half-written stays under a volume's name.
+    with disk_errors(options.out):
+        options.out.mkdir(parents=True, exist_ok=True)
     rebuild = _Rebuild(manifest, located.folders, recovery, options, progress)
     try:
-        rebuild.prepare()
-        decode_seconds = rebuild.decode()
-        finals = rebuild.finish(located.manifest_bytes)
+        with disk_errors(options.out):
+            rebuild.prepare()
+            decode_seconds = rebuild.decode()
+            finals = rebuild.finish(located.manifest_bytes)
     except BaseException:
         rebuild.discard()
         raise
@@ -100,7 +104,9 @@ def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressC
         raise ArchiveError(f"the rebuilt volumes do not verify: {first.path}: {first.detail}")
     isos: tuple[Path, ...] = ()
     if options.iso:
-        made = make_volume_isos(options.out, manifest.set_id, [(t, manifest.volume(t).folder) for t in recovery.targets])
+        with disk_errors(options.out):
+            made = make_volume_isos(options.out, manifest.set_id,
+                                    [(t, manifest.volume(t).folder) for t in recovery.targets])
         isos = tuple(image.path for image in made)
     return RepairResult(manifest.set_id, manifest.name, recovery, tuple(finals), isos, rebuild.decoded,
                         rebuild.copied, time.monotonic() - started, decode_seconds, check)

@@ -74,7 +74,7 @@ def disk_errors(path: Path) -> Iterator[None]:
     except OSError as exc:
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             raise DiskFull(str(path)) from exc
-        raise ArchiveError(f"{path}: {exc.strerror or exc}") from exc
+        raise ArchiveError(f"{exc.filename or path}: {exc.strerror or exc}") from exc
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:

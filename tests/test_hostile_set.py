@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 import tracemalloc
 from pathlib import Path
@@ -219,3 +220,58 @@ def test_repair_also_refuses_to_choose_between_sets(tmp_path: Path) -> None:
     with pytest.raises(ArchiveError, match="volumes of 2 sets here"):
         repair_set([tmp_path / "set"], RepairOptions(out=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+
+
+# -- repair onto a read-only or full file system (real tmpfs mounts; needs root) ----------------------
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Any:
+    """A 2 MiB tmpfs at tmp_path/mnt, unmounted afterwards; ``remount_ro()`` makes it read-only."""
+    import os
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], check=True)
+
+    class Mount:
+        path = mount
+
+        @staticmethod
+        def remount_ro() -> None:
+            subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True)
+
+    yield Mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def _damaged_parity_set(tmp_path: Path) -> tuple[Path, Any]:
+    from imgbuild.parity import ParityOptions, add_parity_volumes
+
+    root = tmp_path / "set"
+    manifest = synthetic_set.make_set(root, [3 << 20, 3 << 20])
+    manifest = add_parity_volumes(lambda k: root / layout.volume_folder(manifest.set_id, k), manifest,
+                                  ParityOptions(1))
+    synthetic_set.write_metadata(root, manifest)
+    shutil.rmtree(root / manifest.volumes[0].folder)  # volume 1 lost: 3 MiB to rebuild
+    return root, manifest
+
+
+@pytest.mark.parametrize("kind", ["read-only", "full"])
+def test_repair_onto_a_read_only_or_full_file_system_names_it(tmp_path: Path, small_mount: Any, kind: str) -> None:
+    from imgbuild.errors import DiskFull, ImgbuildError
+    from imgbuild.repair import RepairOptions, repair_set
+
+    root, manifest = _damaged_parity_set(tmp_path)
+    out = small_mount.path / "out"
+    if kind == "read-only":
+        small_mount.remount_ro()
+    with pytest.raises(ImgbuildError) as err:
+        repair_set([root], RepairOptions(out=out))
+    if kind == "read-only":
+        assert str(out) in str(err.value) and "Read-only file system" in str(err.value)
+    else:
+        assert isinstance(err.value, DiskFull) and str(out) in str(err.value)
+        assert [p.name for p in out.iterdir()] == []  # nothing half-written under any name
