@@ -11,8 +11,9 @@ cd "$(dirname "$0")/.."
 # podman+runc: Podman engine (crun fails under hybrid cgroups here); docker.io: Docker Engine;
 # mmdebstrap: base images without a registry; zstd, xorriso: archives and ISO images;
 # iproute2, iptables: the bridges and forwarding of scripts/engines-trixie.sh's engines;
-# espeak-ng: the reference voices of the TTS recipes' tests (tests/support/refvoices.py).
-packages="podman runc docker.io mmdebstrap zstd xorriso uidmap python3 python3-venv ca-certificates iproute2 iptables espeak-ng"
+# espeak-ng: the reference voices of the TTS recipes' tests (tests/support/refvoices.py);
+# docker-registry, apache2-utils (htpasswd), openssl: the TLS registry of the push tests; skopeo: bench_push.
+packages="podman runc docker.io mmdebstrap zstd xorriso uidmap python3 python3-venv ca-certificates iproute2 iptables espeak-ng docker-registry apache2-utils openssl skopeo"
 missing=""
 for pkg in $packages; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
