@@ -27,6 +27,7 @@ from imgbuild import layout
 from imgbuild.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.engines import Engine
 from imgbuild.errors import ArchiveError, ChecksumMismatch, LoadError, UsageError
+from imgbuild.layer_content import ContentSummary, TarScanner, summarize
 from imgbuild.load_checks import check_configs, check_docker_manifest, tag_conflicts
 from imgbuild.image_ids import describe, find_set_image
 from imgbuild.iso import is_iso
@@ -56,6 +57,7 @@ class LoadOptions:
     chunk_size: int = CHUNK_SIZE
     set_id: str | None = None  # which set, when the folders hold volumes of several
     force: bool = False  # move the set's tags even when the engine has them on other images
+    refuse_devices: bool = False  # stop (nothing loaded) at a layer holding a device node
 
 
 @dataclass(frozen=True)
@@ -84,11 +86,13 @@ class LoadResult:
     bytes_read: int
     bytes_sent: int
     seconds: float
+    content: ContentSummary = ContentSummary()  # device nodes, setuid files, unsafe paths in the layers sent
 
     def to_json(self) -> dict[str, Any]:
         return {"set_id": self.set_id, "name": self.name, "engine": self.engine,
                 "images": [i.to_json() for i in self.images], "layers_sent": self.layers_sent,
-                "bytes_read": self.bytes_read, "bytes_sent": self.bytes_sent, "seconds": round(self.seconds, 3)}
+                "bytes_read": self.bytes_read, "bytes_sent": self.bytes_sent, "seconds": round(self.seconds, 3),
+                "content": self.content.to_json()}
 
 
 def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOptions(),
@@ -130,7 +134,7 @@ def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOp
                     for i in chosen)
     return LoadResult(set_id=manifest.set_id, name=manifest.name, engine=engine.kind, images=results,
                       layers_sent=len(stream.layers), bytes_read=stream.bytes_read, bytes_sent=stream.bytes_sent,
-                      seconds=time.monotonic() - started)
+                      seconds=time.monotonic() - started, content=summarize(stream.scanners))
 
 
 def image_names(image: Image) -> set[str]:
@@ -235,6 +239,7 @@ class _LayerStreams:
         self._checked: set[int] = set()
         self._reader: HashedReadAhead | None = None
         self._events: Iterator[Any] | None = None
+        self.scanners: list[TarScanner] = []
 
     def preflight(self) -> None:
         """Before anything is sent: every needed part on the volumes at hand is a regular file of the right size;
@@ -294,11 +299,19 @@ class _LayerStreams:
         window = 1 << max(self.manifest.compression.window_log or 27, 27)
         reader = zstandard.ZstdDecompressor(max_window_size=window).stream_reader(
             source, read_size=self.options.chunk_size, read_across_frames=True)
+        scanner = TarScanner(layer.number)
+        self.scanners.append(scanner)
         try:
             while True:
                 data = reader.read(self.options.chunk_size)
                 if not data:
                     break
+                scanner.feed(data)
+                if self.options.refuse_devices and scanner.counts.get("device"):
+                    # Before these bytes reach the engine: the load stream ends unfinished, nothing is loaded.
+                    entry = next(e for e in scanner.entries if e.kind == "device")
+                    raise LoadError(f"layer {layer.number} ({layer.diff_id}) holds a device node: {entry.name} "
+                                    f"({entry.detail}); nothing was loaded (--refuse-devices)")
                 self.bytes_sent += len(data)
                 yield data
         except zstandard.ZstdError as exc:

@@ -28,6 +28,7 @@ from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, HashedReadAhead
 from imgbuild.errors import ArchiveError
 from imgbuild.iso import is_iso, iso_unexpected
+from imgbuild.layer_content import TarScanner, summarize
 from imgbuild.volumes import LocatedSet, locate_set, safe_member
 
 
@@ -36,6 +37,7 @@ class VerifyOptions:
     deep: bool = False
     catalog: Path | None = None
     set_id: str | None = None  # which set, when the folders hold volumes of several
+    refuse_devices: bool = False  # with deep: device nodes in a layer are problems
     chunk_size: int = CHUNK_SIZE
     # A catalog folder: when it holds the set's manifest copy, this check is recorded beside it (imgbuild/checks.py).
     record_in: Path | None = None
@@ -44,7 +46,7 @@ class VerifyOptions:
 @dataclass(frozen=True)
 class Problem:
     """One bad thing, named: ``kind`` is missing, size, sha256, unexpected, symlink, sums, manifest-copy,
-    volume-missing, folder or layer."""
+    volume-missing, folder, layer or layer-content (--refuse-devices)."""
 
     kind: str
     path: str
@@ -72,6 +74,7 @@ class VerifyReport:
     problems: tuple[Problem, ...] = field(default=())
     # When something is wrong: the damaged blocks and whether parity can rebuild them (imgbuild.damage).
     recovery: Any = None
+    content: Any = None  # deep: imgbuild.layer_content.ContentSummary of the layers decompressed
     recorded: str | None = None  # the catalog's check record this check was added to
 
     @property
@@ -93,6 +96,7 @@ class VerifyReport:
             "deep": self.deep, "layers_checked": self.layers_checked,
             "problems": [p.to_json() for p in self.problems],
             "recovery": self.recovery.to_json() if self.recovery is not None else None,
+            "content": self.content.to_json() if self.content is not None else None,
             "recorded": self.recorded,
         }
 
@@ -136,7 +140,7 @@ def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
                 problems.append(problem)
             else:
                 to_read.append(item)
-    deep = _DeepCheck(manifest, located) if options.deep else None
+    deep = _DeepCheck(manifest, located, options.refuse_devices) if options.deep else None
     files, total = _hash_files(to_read, problems, deep, options.chunk_size, progress)
     if deep is not None:
         problems += deep.problems
@@ -150,7 +154,8 @@ def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
         volume_count=manifest.volume_count, volumes_checked=tuple(located.folders),
         volumes_missing=missing, volumes_not_given=not_given, files_checked=files, bytes_checked=total,
         seconds=time.monotonic() - started, deep=options.deep,
-        layers_checked=deep.layers_checked if deep else 0, problems=tuple(problems), recovery=recovery)
+        layers_checked=deep.layers_checked if deep else 0, problems=tuple(problems), recovery=recovery,
+        content=summarize(deep.scanners) if deep else None)
     if options.record_in is not None and layout.catalog_path(options.record_in, manifest.set_id).is_file():
         from imgbuild.checks import record_check
 
@@ -289,16 +294,18 @@ class _DigestSink:
     """Where the deep check's decompressor writes: counts and hashes the layer tar, and stops the
     decompression (raises _TooBig) as soon as it grows past the size the manifest gives."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, scanner: TarScanner) -> None:
         self.size = 0
         self.limit = limit
         self.sha = hashlib.sha256()
+        self.scanner = scanner
 
     def write(self, data: bytes) -> int:
         self.size += len(data)
         if self.size > self.limit:
             raise _TooBig
         self.sha.update(data)
+        self.scanner.feed(data)
         return len(data)
 
 
@@ -309,7 +316,9 @@ class _DeepCheck:
     part's own problem already names the file and the layer is left out (counted as not checked).
     """
 
-    def __init__(self, manifest: SetManifest, located: LocatedSet) -> None:
+    def __init__(self, manifest: SetManifest, located: LocatedSet, refuse_devices: bool = False) -> None:
+        self.refuse_devices = refuse_devices
+        self.scanners: list[TarScanner] = []
         self.parts = {(p.volume, p.path): (layer, i) for layer in manifest.layers for i, p in enumerate(layer.parts)}
         self.next_part: dict[int, int] = {layer.number: 0 for layer in manifest.layers}
         self.sinks: dict[int, _DigestSink] = {}
@@ -330,7 +339,8 @@ class _DeepCheck:
             self.broken.add(layer.number)
             return
         if index == 0:
-            self.sinks[layer.number] = _DigestSink(layer.size)
+            self.scanners.append(TarScanner(layer.number))
+            self.sinks[layer.number] = _DigestSink(layer.size, self.scanners[-1])
             decompressor = zstandard.ZstdDecompressor(max_window_size=self.window)
             self.writers[layer.number] = decompressor.stream_writer(self.sinks[layer.number], closefd=False)
         self.active = layer
@@ -373,6 +383,10 @@ class _DeepCheck:
             self._fail(layer, f"decompresses to {digest}, the manifest says {layer.diff_id}")
         else:
             self.layers_checked += 1
+        if self.refuse_devices:
+            names = ", ".join(p.path for p in layer.parts)
+            self.problems += [Problem("layer-content", names, f"layer {layer.number}: {e.name}: {e.detail} "
+                                      "(--refuse-devices)") for e in sink.scanner.entries if e.kind == "device"]
 
     def _fail(self, layer: Layer, reason: str) -> None:
         self.broken.add(layer.number)

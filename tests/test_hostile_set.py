@@ -39,16 +39,18 @@ def rle_bomb(size: int) -> bytes:
     return bytes(out)
 
 
-def set_with_part(out: Path, part: bytes, change: Any = None) -> Path:
-    """A one-volume synthetic set whose only layer part is ``part`` (said to decompress to 1 MiB);
-    ``change`` edits the raw manifest."""
+def set_with_part(out: Path, part: bytes, change: Any = None, layer: bytes | None = None) -> Path:
+    """A one-volume synthetic set whose only layer part is ``part``, said to decompress to ``layer``
+    (default: 1 MiB of unknown content); ``change`` edits the raw manifest."""
     raw = json.loads(dump_manifest(synthetic_set.make_set(out, [len(part)])))
     volume = raw["volumes"][0]
     (out / volume["folder"] / volume["files"][0]["path"]).write_bytes(part)
     sha = hashlib.sha256(part).hexdigest()
     volume["files"][0]["sha256"] = raw["layers"][0]["parts"][0]["sha256"] = sha
     raw["layers"][0]["compressed_sha256"] = sha
-    raw["layers"][0]["size"] = 1 << 20
+    raw["layers"][0]["size"] = 1 << 20 if layer is None else len(layer)
+    if layer is not None:
+        raw["layers"][0]["diff_id"] = raw["images"][0]["layers"][0] = "sha256:" + hashlib.sha256(layer).hexdigest()
     if change:
         change(raw)
     synthetic_set.write_metadata(out, parse_manifest(json.dumps(raw).encode(), "test"))
@@ -275,3 +277,81 @@ def test_repair_onto_a_read_only_or_full_file_system_names_it(tmp_path: Path, sm
     else:
         assert isinstance(err.value, DiskFull) and str(out) in str(err.value)
         assert [p.name for p in out.iterdir()] == []  # nothing half-written under any name
+
+
+# -- layer content: device nodes, setuid/setgid files, absolute and '..' paths ------------------------
+
+def hostile_layer() -> bytes:
+    """A layer tar (GNU format, as engines write) with one entry of each noteworthy kind and a long name."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        def add(name: str, data: bytes = b"", **fields: Any) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            for key, value in fields.items():
+                setattr(info, key, value)
+            tar.addfile(info, io.BytesIO(data))
+
+        add("etc/ok.txt", b"x" * 1000)
+        add("dev/mem", type=tarfile.CHRTYPE, devmajor=1, devminor=1, mode=0o666)
+        add("usr/bin/su", b"y" * 600, mode=0o4755)
+        add("usr/bin/wall", b"y", mode=0o2755)
+        add("/etc/absolute", b"z")
+        add("a/../../escape", b"z")
+        add("x/" + "long" * 60, b"q", mode=0o4755)
+        add("hard", type=tarfile.LNKTYPE, linkname="../../etc/shadow")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("step", [1, 7, 512, 1 << 20])
+def test_tar_scanner_finds_each_kind_in_any_chunking(step: int) -> None:
+    from imgbuild.layer_content import TarScanner, summarize
+
+    data = hostile_layer()
+    scanner = TarScanner(1)
+    for i in range(0, len(data), step):
+        scanner.feed(data[i:i + step])
+    summary = summarize([scanner])
+    assert dict(summary.counts) == {"device": 1, "setuid": 2, "setgid": 1, "path": 3}
+    assert [(e.kind, e.name) for e in summary.entries] == [
+        ("device", "dev/mem"), ("setuid", "usr/bin/su"), ("setgid", "usr/bin/wall"), ("path", "/etc/absolute"),
+        ("path", "a/../../escape"), ("setuid", "x/" + "long" * 60), ("path", "hard")]
+    assert "character device 1:1, mode 0666" in summary.entries[0].detail
+
+
+def test_verify_deep_reports_layer_content_and_refuse_devices_fails_it(tmp_path: Path) -> None:
+    import zstandard
+
+    layer = hostile_layer()
+    folder = set_with_part(tmp_path / "set", zstandard.ZstdCompressor().compress(layer), layer=layer)
+    report = verify_set([folder], VerifyOptions(deep=True))
+    assert report.ok and report.layers_checked == 1, report.problems
+    assert report.content is not None and report.content.count("device") == 1
+    assert "1 device node(s), 3 absolute or '..' path(s), 1 setgid file(s), 2 setuid file(s)" in \
+        report.content.describe()
+    listed = report.to_json()["content"]["entries"]
+    assert {"layer": 1, "kind": "device", "name": "dev/mem", "detail": "character device 1:1, mode 0666"} in listed
+    refused = verify_set([folder], VerifyOptions(deep=True, refuse_devices=True))
+    assert [p.kind for p in refused.problems] == ["layer-content"] and "dev/mem" in refused.problems[0].detail
+
+
+def test_verify_cli_prints_the_content_summary_and_json_lists_entries(tmp_path: Path) -> None:
+    import zstandard
+    from typer.testing import CliRunner
+
+    from imgbuild.cli import app
+
+    layer = hostile_layer()
+    folder = set_with_part(tmp_path / "set", zstandard.ZstdCompressor().compress(layer), layer=layer)
+    runner = CliRunner()
+    text = runner.invoke(app, ["verify", "--deep", "--catalog", str(tmp_path / "catalog"), str(folder)])
+    assert text.exit_code == 0, text.output
+    assert "layer content: 1 device node(s)" in text.output and "--json lists them" in text.output
+    data = runner.invoke(app, ["verify", "--deep", "--json", "--catalog", str(tmp_path / "catalog"), str(folder)])
+    assert json.loads(data.stdout)["content"]["counts"] == {"device": 1, "path": 3, "setgid": 1, "setuid": 2}
+    refused = runner.invoke(app, ["verify", "--deep", "--refuse-devices", "--catalog", str(tmp_path / "catalog"),
+                                  str(folder)])
+    assert refused.exit_code == 1 and "dev/mem" in refused.output

@@ -23,6 +23,8 @@ DirsArg = Annotated[list[Path], typer.Argument(help="A set folder, or volume fol
 ManifestOpt = Annotated[Path | None, typer.Option(
     "--manifest", help="Check against this catalog copy of the manifest (manifests/SETID.json), the root of trust.")]
 PromptOpt = Annotated[bool, typer.Option("--prompt", help="Ask for each missing volume (disc) when it is needed.")]
+RefuseDevicesOpt = Annotated[bool, typer.Option(
+    "--refuse-devices", help="Refuse a set whose layers hold device nodes (verify: with --deep).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Move the set's tags even when the engine has them on other images (refused otherwise).")]
 
@@ -44,6 +46,8 @@ def render_verify(report: VerifyReport) -> Table | str:
                  f"read and hashed in {report.seconds:.2f} s, {_human(report.throughput)}/s")
     if report.deep:
         lines.append(f"deep: {report.layers_checked} layers decompressed and their diff ids checked")
+        if report.content is not None:
+            lines.append(escape(report.content.describe()))
     for problem in report.problems:
         lines.append(f"[red]BAD[/red] {escape(problem.path)}: {escape(problem.detail)}")
     if report.recovery is not None:
@@ -65,12 +69,13 @@ def verify(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
            catalog: Annotated[Path | None, typer.Option(
                "--catalog", help="Record this check in this catalog folder, beside the set's manifest copy "
                "(default: the folder of --manifest, else ./manifests).")] = None,
+           refuse_devices: RefuseDevicesOpt = False,
            json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Check volumes strictly against the set manifest and SHA256SUMS; exit 1 naming each bad file."""
     record_in = catalog or (manifest.parent if manifest else Path(layout.CATALOG_DEFAULT))
     with progress_for(json_out, verbose) as progress:
-        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest, set_id=set_id, record_in=record_in),
-                            progress)
+        report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest, set_id=set_id, record_in=record_in,
+                                                refuse_devices=refuse_devices), progress)
     emit(report, json_out, render_verify)
     if not report.ok:
         raise typer.Exit(1)
@@ -89,6 +94,8 @@ def render_load(result: LoadResult) -> str:
              f"{_human(result.bytes_read)} read, {_human(result.bytes_sent)} sent in {result.seconds:.1f} s"]
     for image in result.images:
         lines.append(f"{image.status:8} {image.id[:19]} {' '.join(image.tags)}")
+    if result.layers_sent:
+        lines.append(escape(result.content.describe()))
     return "\n".join(lines)
 
 
@@ -97,11 +104,12 @@ def render_load(result: LoadResult) -> str:
 def load(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
          image: Annotated[list[str] | None, typer.Option("--image", help="Load only this image (tag, id, role).")]
          = None,
-         prompt: PromptOpt = False, force: ForceOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
+         prompt: PromptOpt = False, force: ForceOpt = False, refuse_devices: RefuseDevicesOpt = False,
+         engine: EngineOpt = "auto", host: HostOpt = None,
          json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set's images into the engine, checking every part as it streams; present images are skipped."""
     options = LoadOptions(catalog=manifest, images=tuple(image or ()), ask_volume=ask_volume if prompt else None,
-                          set_id=set_id, force=force)
+                          set_id=set_id, force=force, refuse_devices=refuse_devices)
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = load_set(found, dirs, options, progress)
     emit(result, json_out, render_load)
