@@ -236,7 +236,7 @@ def sbom_cache_dir() -> Path:
         return Path(os.environ["IMGBUILD_SBOM_CACHE"])
     from imgbuild.bootstrap import default_cache_dir
 
-    return default_cache_dir().parent / "sbom"
+    return default_cache_dir() / "sbom"
 
 
 def sidecar_path(image_id: str, cache: Path | None = None) -> Path:
