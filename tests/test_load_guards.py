@@ -16,7 +16,7 @@ from imgbuild import layout
 from imgbuild.engines import Engine
 from imgbuild.errors import LoadError
 from imgbuild.load import LoadOptions, load_set
-from imgbuild.manifest import SetManifest
+from imgbuild.manifest import SetManifest, parse_manifest
 from tests.support.restore_sets import copy_set, rewrite_manifest, set_image_id
 from tests.test_load import _assert_nothing_loaded, _tags_of, engine_set, loaded  # noqa: F401  (fixtures)
 
@@ -132,3 +132,40 @@ def test_restore_sh_compares_the_loaded_ids_even_without_sha256sum(
                 engine.api.remove_image(tag, force=True)
             except Exception:  # noqa: BLE001 - nothing to remove when the load was refused
                 pass
+
+
+def test_load_reports_device_nodes_and_refuse_devices_loads_nothing(engine: Engine, tmp_path: Path) -> None:
+    """A consistent set whose layer holds /dev/mem (0666) and a setuid file: load says so, and with
+    --refuse-devices stops before the layer reaches the engine."""
+    import io
+    import tarfile
+
+    from tests.support.restore_sets import make_set, remove_images, unique_prefix
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        device = tarfile.TarInfo("dev/mem")
+        device.type, device.devmajor, device.devminor, device.mode = tarfile.CHRTYPE, 1, 1, 0o666
+        tar.addfile(device)
+        setuid = tarfile.TarInfo("usr/bin/helper")
+        setuid.size, setuid.mode = 4, 0o4755
+        tar.addfile(setuid, io.BytesIO(b"#!/\n"))
+    tag = unique_prefix("devices") + ":1"
+    reply = engine.api.import_image_from_data(buffer.getvalue())
+    last = json.loads(reply.strip().splitlines()[-1]) if isinstance(reply, str) else reply
+    engine.api.tag(last.get("status") or last.get("id"), *tag.rsplit(":", 1))
+    try:
+        result = make_set(engine, [tag], tmp_path / "set", 4_000_000)
+    finally:
+        remove_images(engine, [tag])
+    manifest = parse_manifest((result.volumes[0] / layout.MANIFEST_NAME).read_bytes(), "set")
+    try:
+        with pytest.raises(LoadError, match="holds a device node: dev/mem .*--refuse-devices"):
+            load_set(engine, [tmp_path / "set"], LoadOptions(refuse_devices=True))
+        _assert_nothing_loaded(engine, manifest)
+        loaded_set = load_set(engine, [tmp_path / "set"])
+        counts = dict(loaded_set.content.counts)
+        assert counts == {"device": 1, "setuid": 1}, loaded_set.content
+        assert "1 device node(s)" in loaded_set.content.describe()
+    finally:
+        remove_images(engine, [tag] + [i.id for i in manifest.images])
