@@ -176,3 +176,18 @@ def test_property_any_structure_loads_or_is_refused(tmp_path: Path, tree: object
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True))
     _loads_or_refuses(path)
+
+
+@pytest.mark.parametrize("case", ["dest-escape", "long-tag", "containerfile-device", "self-alias", "huge-number"])
+@pytest.mark.parametrize("command", ["check", "plan"])
+def test_check_and_plan_refuse_what_build_refuses(tmp_path: Path, case: str, command: str) -> None:
+    from typer.testing import CliRunner
+
+    from imgbuild.cli import app
+
+    path = hostile.CASES[case](tmp_path)
+    result = CliRunner().invoke(app, [command, str(path)], env={"COLUMNS": "400"})
+    line, words = EXPECTED[case]
+    assert result.exit_code == 1, result.output
+    text = result.output.replace("\n", " ")
+    assert f"{path}:{line}:" in text and words in text
