@@ -80,6 +80,7 @@ class GatedPiper(PiperEngine):
         self.load_gate = threading.Event()
         self.chunk_gate = threading.Event()
         self.first_sent = threading.Event()
+        self.held = threading.Event()
         self.warmed = False
         self.chunk_gate.set()  # tests clear it to hold a request after its first sentence
         if not hold_load:
@@ -101,4 +102,6 @@ class GatedPiper(PiperEngine):
             yield chunk
             if i == 0 and self.warmed:
                 self.first_sent.set()
+                self.held.set()  # set while the engine waits at the gate: nothing after chunk one exists yet
                 self.chunk_gate.wait(30)
+                self.held.clear()
