@@ -10,6 +10,7 @@
 # They cannot be installed beside Debian 12's engines, so each runs in a privileged container of the host's
 # Podman, sharing the host's network (a published port is reachable on the host's 127.0.0.1) and with its
 # socket and storage bind-mounted from $IMGBUILD_TRIXIE_ENGINES_DIR (default /run/imgbuild-engines-trixie),
+# the storage at the same path inside as outside, so imgbuild on the host can read layers where the engine says,
 # apart from scripts/engines.sh's engines. The host's Podman keeps these containers in its own storage there
 # too, so tests against the host's engines never see them. The root filesystem tar is made once by
 # mmdebstrap and cached in imgbuild's bootstrap cache (scripts/trixie_rootfs.py).
@@ -132,7 +133,7 @@ CONF
             cat > "$state/storage.conf" <<CONF
 [storage]
 driver = "overlay"
-graphroot = "/var/lib/containers/storage"
+graphroot = "$dir/podman5-data"
 runroot = "/run/containers/storage"
 CONF
             ;;
@@ -171,15 +172,16 @@ start_one() {
             make_bridge "$name"
             firewall add "$name"
             hostpodman run -d --name "imgbuild-$name" --privileged --cgroupns=host --network host \
-                -v "$dir/$name:/run/engine" -v "$dir/$name-data:/var/lib/docker" "$image" \
+                -v "$dir/$name:/run/engine" -v "$dir/$name-data:$dir/$name-data" "$image" \
                 dockerd --host unix:///run/engine/docker.sock --config-file /run/engine/daemon.json \
+                --data-root "$dir/$name-data" \
                 --exec-root /run/docker-exec --pidfile /run/docker.pid >/dev/null
             ;;
         podman5)
             firewall add "$name"
             hostpodman run -d --name "imgbuild-$name" --privileged --cgroupns=host --network host \
                 -e CONTAINERS_CONF=/run/engine/containers.conf -e CONTAINERS_STORAGE_CONF=/run/engine/storage.conf \
-                -v "$dir/$name:/run/engine" -v "$dir/$name-data:/var/lib/containers/storage" "$image" \
+                -v "$dir/$name:/run/engine" -v "$dir/$name-data:$dir/$name-data" "$image" \
                 podman system service --time=0 unix:///run/engine/podman.sock >/dev/null
             ;;
     esac
