@@ -43,7 +43,7 @@ class ContentSummary:
         if not self.counts:
             return "layer content: no device nodes, setuid/setgid files or unsafe paths"
         words = {"device": "device node(s)", "setuid": "setuid file(s)", "setgid": "setgid file(s)",
-                 "path": "absolute or '..' path(s)"}
+                 "path": "absolute or '..' path(s)", "unreadable": "layer(s) not readable as tar"}
         return "layer content: " + ", ".join(f"{n} {words.get(k, k)}" for k, n in self.counts) + \
             " (--json lists them)"
 
@@ -61,12 +61,17 @@ def summarize(scanners: list["TarScanner"]) -> ContentSummary:
     return ContentSummary(tuple(entries), tuple(sorted(counts.items())))
 
 
-def _number(field: bytes) -> int:
+def _number(field: bytes, default: int | None = None) -> int:
+    """An octal (or GNU base-256) header number; ValueError when unreadable and no ``default`` is given."""
     if field and field[0] & 0x80:  # GNU base-256 for large values
-        value = int.from_bytes(field[1:], "big")
-        return value
+        return int.from_bytes(field[1:], "big")
     text = field.split(b"\0", 1)[0].strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:
+        if default is None:
+            raise
+        return default
 
 
 def _text(field: bytes) -> str:
@@ -109,7 +114,15 @@ class TarScanner:
     def _header(self, header: bytes) -> None:
         if header == b"\0" * BLOCK:
             return  # end-of-archive blocks (two); anything after them is padding
-        size = _number(header[124:136])
+        try:
+            if _number(header[148:156]) != sum(header[:148]) + 8 * 32 + sum(header[156:]):
+                raise ValueError("header checksum")
+            size = _number(header[124:136])
+        except ValueError:
+            # Not a tar header where one should be: the engine will refuse this layer; say so, stop scanning.
+            self._add("unreadable", "", "the layer is not a tar archive from here on")
+            self._ended = True
+            return
         kind = header[156:157]
         padded = -(-size // BLOCK) * BLOCK
         if kind in (b"L", b"x", b"K"):
@@ -118,9 +131,9 @@ class TarScanner:
             return
         name = self._long_name or self._pax_path or self._name(header)
         self._long_name = self._pax_path = None
-        mode = _number(header[100:108])
+        mode = _number(header[100:108], 0)
         if kind in (b"3", b"4"):
-            major, minor = _number(header[329:337]), _number(header[337:345])
+            major, minor = _number(header[329:337], 0), _number(header[337:345], 0)
             what = "character" if kind == b"3" else "block"
             self._add("device", name, f"{what} device {major}:{minor}, mode {stat.S_IMODE(mode):04o}")
         if kind in (b"0", b"\0", b"7", b"") and mode & stat.S_ISUID:

@@ -355,3 +355,19 @@ def test_verify_cli_prints_the_content_summary_and_json_lists_entries(tmp_path: 
     refused = runner.invoke(app, ["verify", "--deep", "--refuse-devices", "--catalog", str(tmp_path / "catalog"),
                                   str(folder)])
     assert refused.exit_code == 1 and "dev/mem" in refused.output
+
+
+@PROPERTY
+@given(at=st.integers(min_value=0, max_value=20_000), junk=st.binary(min_size=1, max_size=64),
+       step=st.integers(min_value=1, max_value=4096))
+def test_property_tar_scanner_never_crashes(at: int, junk: bytes, step: int) -> None:
+    from imgbuild.layer_content import TarScanner, summarize
+
+    data = bytearray(hostile_layer())
+    at %= len(data)
+    data[at:at + len(junk)] = junk
+    scanner = TarScanner(1)
+    for i in range(0, len(data), step):
+        scanner.feed(bytes(data[i:i + step]))
+    summary = summarize([scanner])
+    assert all(n >= 1 for _, n in summary.counts) and len(summary.entries) <= sum(n for _, n in summary.counts)
