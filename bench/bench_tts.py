@@ -114,7 +114,7 @@ def start_server(model: Path, port: int) -> tuple[subprocess.Popen, float]:
 
 def server_whole(client: httpx.Client, text: str) -> tuple[float, float]:
     started = time.perf_counter()
-    response = client.post("/v1/audio/speech", json={"input": text, "response_format": "pcm"})
+    response = client.post("/v1/audio/speech", json={"input": text, "response_format": "pcm", "stream": False})
     elapsed = time.perf_counter() - started
     response.raise_for_status()
     rate = int(response.headers["x-sample-rate"])
@@ -124,7 +124,7 @@ def server_whole(client: httpx.Client, text: str) -> tuple[float, float]:
 def server_stream(client: httpx.Client, text: str) -> tuple[float, float]:
     started = time.perf_counter()
     first = None
-    with client.stream("POST", "/v1/audio/speech", json={"input": text, "stream": True}) as response:
+    with client.stream("POST", "/v1/audio/speech", json={"input": text, "stream": True, "response_format": "wav"}) as response:
         response.raise_for_status()
         for chunk in response.iter_raw():
             if chunk and first is None:
