@@ -256,7 +256,7 @@ say "    sentence: \"$sentence\""
 helper speech "$url" "$out/demo.wav" "$sentence"
 if [ "${IMGBUILD_DEMO_KEEP:-}" = 1 ]; then
     say "    try: curl -s ${url}v1/audio/speech -H 'Content-Type: application/json' \\"
-    say "             -d '{\"input\": \"Hello.\"}' -o hello.wav"
+    say "             -d '{\"input\": \"Hello.\"}' -o hello.mp3"
 fi
 
 step "listen to it: transcribe $out/demo.wav offline (PocketSphinx) and compare with the sentence"
