@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -158,12 +157,9 @@ def test_upload_limits_refuse_before_decoding(client: httpx.Client) -> None:
 
 
 def test_chunked_bodies_count_against_the_body_limit(client: httpx.Client) -> None:
-    sent = []
-
     def body() -> Iterator[bytes]:
         yield b'{"input": "'
         for _ in range(2000):  # 2 MB, no Content-Length: chunked transfer
-            sent.append(1024)
             yield b"a" * 1024
         yield b'"}'
 

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 for _module in ("openai", "av", "fastapi", "uvicorn", "piper", "onnxruntime", "onnx", "imgbuild_runtime"):
