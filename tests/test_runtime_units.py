@@ -21,7 +21,7 @@ for _module in ("piper", "onnxruntime", "onnx", "soundfile", "imgbuild_runtime")
 import onnxruntime  # noqa: E402
 import soundfile  # noqa: E402
 
-from imgbuild_runtime import audio, cpu  # noqa: E402
+from imgbuild_runtime import audio, cpu, encoders  # noqa: E402
 from imgbuild_runtime.__main__ import find_model, parse_args  # noqa: E402
 from imgbuild_runtime.engine import EncodedReference  # noqa: E402
 from imgbuild_runtime.errors import VoiceDataError  # noqa: E402
@@ -64,15 +64,33 @@ def test_wav_header_and_pcm() -> None:
     samples = np.array([0.0, 0.5, -0.5, 2.0, -2.0], dtype=np.float32)
     pcm = audio.to_pcm16(samples)
     assert np.frombuffer(pcm, "<i2").tolist() == [0, 16383, -16383, 32767, -32767]  # clipped, not wrapped
-    data = audio.encode(samples, 16000, "wav")
+    data = encoders.encode(samples, 16000, "wav")
     with wave.open(io.BytesIO(data)) as w:
         assert (w.getframerate(), w.getnframes(), w.getsampwidth()) == (16000, 5, 2)
     streaming = audio.wav_header(16000, None)
     assert len(streaming) == 44 and struct.unpack("<I", streaming[40:44])[0] == 0xFFFFFFFF
-    flac, rate = soundfile.read(io.BytesIO(audio.encode(samples, 16000, "flac")), dtype="int16")
+    flac, rate = soundfile.read(io.BytesIO(encoders.encode(samples, 16000, "flac")), dtype="int16")
     assert rate == 16000 and flac.tolist() == np.frombuffer(pcm, "<i2").tolist()
     with pytest.raises(ValueError):
-        audio.encode(samples, 16000, "mp3")
+        encoders.encode(samples, 16000, "ogg")
+
+
+def test_streamed_and_whole_encodings_hold_the_same_audio() -> None:
+    import av
+
+    rate = 22050
+    chunks = [0.3 * np.sin(np.arange(n) / 7.0).astype(np.float32) for n in (5000, 11025, 7000)]
+    whole = np.concatenate(chunks)
+    for fmt in ("mp3", "opus", "aac", "flac"):
+        encoder = encoders.open_encoder(fmt, rate, stream=True)
+        streamed = b"".join(encoder.feed(c) for c in chunks) + encoder.finish()
+        for data in (streamed, encoders.encode(whole, rate, fmt)):
+            with av.open(io.BytesIO(data)) as container:
+                stream = container.streams.audio[0]
+                seconds = sum(f.samples for f in container.decode(stream)) / stream.codec_context.sample_rate
+            assert whole.size / rate - 0.01 <= seconds <= whole.size / rate + 0.12, (fmt, seconds)
+    pcm = encoders.open_encoder("pcm", rate, stream=True)
+    assert b"".join(pcm.feed(c) for c in chunks) + pcm.finish() == audio.to_pcm16(whole)
 
 
 def test_test_voice_graph_has_piper_signature() -> None:
