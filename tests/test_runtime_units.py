@@ -230,3 +230,17 @@ def test_server_exits_when_the_model_cannot_load(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 1
     assert "loading the model failed" in result.stderr
+
+
+def test_reference_length_is_bounded_whatever_the_header_says() -> None:
+    rate = 16000
+    twenty = encoders.encode(np.full(rate * 20, 0.1, np.float32), rate, "wav")
+    with pytest.raises(audio.TooLong, match="20.0 s long; at most 10 s"):
+        audio.read_audio(twenty, 10)  # refused from the header, before decoding
+    samples, got = audio.read_audio(twenty, 30)
+    assert got == rate and samples.size == rate * 20
+    stream = encoders.open_encoder("flac", rate, stream=True)  # a FLAC whose header gives no length
+    unknown = stream.feed(np.full(rate * 20, 0.1, np.float32)) + stream.finish()
+    with pytest.raises(Exception) as refused:  # libsndfile cannot read it; it is never taken for 0 s
+        audio.read_audio(unknown, 10)
+    assert not isinstance(refused.value, MemoryError)

@@ -10,6 +10,7 @@ import numpy as np
 
 # Unknown length while streaming: the largest sizes a RIFF header can state. Players read to the end.
 _UNKNOWN = 0xFFFFFFFF
+_UNKNOWN_FRAMES = 2**62
 
 
 def wav_header(sample_rate: int, num_samples: int | None, channels: int = 1) -> bytes:
@@ -48,9 +49,10 @@ def read_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarra
     with soundfile.SoundFile(io.BytesIO(data)) as f:
         rate = int(f.samplerate)
         limit = -1 if max_seconds is None else int(max_seconds * rate) + 1
-        if max_seconds is not None and f.frames > limit:
+        # libsndfile reports a length it does not know (a streamed FLAC) as the largest count.
+        if max_seconds is not None and limit < f.frames < _UNKNOWN_FRAMES:
             raise TooLong(f"{f.frames / rate:.1f} s long; at most {max_seconds:g} s")
         samples = f.read(limit, dtype="float32", always_2d=True)
     if max_seconds is not None and len(samples) >= limit:
-        raise TooLong(f"over {max_seconds:g} s long")
+        raise TooLong(f"over {max_seconds:g} s long; at most {max_seconds:g} s")
     return samples.mean(axis=1).astype(np.float32), rate
