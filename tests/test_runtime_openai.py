@@ -231,6 +231,11 @@ def test_voice_map_file_and_bad_entries(tmp_path: Path) -> None:
     assert dict(config.voice_map) == {"alloy": "2r/happy", "echo": "1paimon", "nova": "default"}
     config, args = parse_args(["--model", str(model), "--voice-map", "alloy=x"])
     assert config.voice_map == (("alloy", "x"),) and args.host == "127.0.0.1" and not config.docs
+    assert (config.header_timeout, config.body_timeout, config.cache_max_bytes) == (10.0, 30.0, 256 * 1024 * 1024)
+    config, _ = parse_args(["--model", str(model), "--header-timeout", "2", "--cache-max-mb", "1"])
+    assert (config.header_timeout, config.cache_max_bytes) == (2.0, 1024 * 1024)
+    with pytest.raises(SystemExit):
+        parse_args(["--model", str(model), "--body-timeout", "0"])
     table.write_text("alloy = 2r\nbroken line\n")
     with pytest.raises(SystemExit):
         parse_args(["--model", str(model), "--voice-map", str(table)])

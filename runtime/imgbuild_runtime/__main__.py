@@ -73,11 +73,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
                    "better set through IMGBUILD_TTS_API_KEY than on the command line.")  # fmt: skip
     p.add_argument("--docs", action="store_true", help="Serve /docs and /openapi.json.")
     p.add_argument("--max-connections", type=int, default=64, help="Open connections; more get 503.")
+    p.add_argument("--header-timeout", type=float, default=10.0, help="Seconds to send a request's headers.")
+    p.add_argument("--body-timeout", type=float, default=30.0, help="Seconds between parts of a request body.")
+    p.add_argument("--max-reference-seconds", type=float, default=60.0,
+                   help="Longest uploaded reference recording (/v1/invoke).")  # fmt: skip
+    p.add_argument("--cache-max-mb", type=int, default=256, help="Disk cache of encoded references, LRU.")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=__version__)
     _env_defaults(p)
     args = p.parse_args(argv)
-    for name in ("threads", "max_chars", "queue_size", "timeout", "max_connections"):
+    for name in ("threads", "max_chars", "queue_size", "timeout", "max_connections", "header_timeout",
+                 "body_timeout", "max_reference_seconds", "cache_max_mb"):  # fmt: skip
         if getattr(args, name) < (0 if name == "threads" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive")
     config = ServerConfig(
@@ -96,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
         api_key=args.api_key or None,
         docs=args.docs,
         max_connections=args.max_connections,
+        header_timeout=args.header_timeout,
+        body_timeout=args.body_timeout,
+        max_reference_seconds=args.max_reference_seconds,
+        cache_max_bytes=args.cache_max_mb * 1024 * 1024,
     )
     return config, args
 
