@@ -25,6 +25,7 @@ from imgbuild.bootstrap import (BootstrapOptions, bootstrap_image, default_cache
                                 split_tag)
 from imgbuild.buildcontext import (EffectiveMirrors, app_build_args, assemble, base_build_args, hash_tree,
                                    resolve_mirrors, with_registry)
+from imgbuild.constraints import load_constraints
 from imgbuild.engines import Engine
 from imgbuild.errors import BuildFailed, EngineError, SbomError
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
@@ -45,6 +46,8 @@ class BuildOptions:
     # Files or folders staged into the app layer as app/DEST, e.g. downloaded checkpoints: (src, dest).
     extra_context: tuple[tuple[Path, str], ...] = ()
     extra_app_labels: dict[str, str] = field(default_factory=dict)  # e.g. org.imgbuild.checkpoints-lock
+    # A file in pip freeze format, or an image whose recorded versions (imgbuild.constraints) pip must install.
+    constraints: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,10 @@ def build_recipe(loaded: LoadedRecipe, engine: Engine, options: BuildOptions = B
     recipe = loaded.recipe
     mirrors = resolve_mirrors(loaded, options.host_defaults)
     images: list[ImageResult] = []
+    pins = None
+    if options.constraints is not None:
+        pins = load_constraints(options.constraints, engine)
+        progress(ProgressEvent(task="constraints", message=f"{pins.pins} pinned versions from {pins.source}"))
 
     if recipe.base.bootstrap is not None:
         t0 = time.monotonic()
@@ -111,7 +118,8 @@ def build_recipe(loaded: LoadedRecipe, engine: Engine, options: BuildOptions = B
     else:
         base_from, base_identity = with_registry(recipe.base.from_ or "", mirrors.registry), None
 
-    base = _build_layer(loaded, engine, "base", base_from, mirrors, options, {}, progress, base_identity)
+    base = _build_layer(loaded, engine, "base", base_from, mirrors, options, {}, progress, base_identity,
+                        pins.text if pins else None)
     images.append(base)
     if recipe.app is not None:
         if recipe.app.checkpoints:  # lock, download and verify them, then place them under the app folder
@@ -123,7 +131,8 @@ def build_recipe(loaded: LoadedRecipe, engine: Engine, options: BuildOptions = B
         app_from = base.tag if recipe.app.from_ == "base" else with_registry(recipe.app.from_, mirrors.registry)
         labels = {LABEL + "serve": json.dumps(recipe.app.serve.model_dump(mode="json"), sort_keys=True),
                   **options.extra_app_labels}
-        images.append(_build_layer(loaded, engine, "app", app_from, mirrors, options, labels, progress))
+        images.append(_build_layer(loaded, engine, "app", app_from, mirrors, options, labels, progress,
+                                   pip_constraints=pins.text if pins else None))
     for image in images:
         if image.role in ("base", "app"):
             _record_sbom(engine, image, progress)
@@ -146,9 +155,10 @@ def _record_sbom(engine: Engine, image: ImageResult, progress: ProgressCallback)
 
 def _build_layer(loaded: LoadedRecipe, engine: Engine, role: str, from_ref: str, mirrors: EffectiveMirrors,
                  options: BuildOptions, labels: dict[str, str], progress: ProgressCallback,
-                 from_identity: str | None = None) -> ImageResult:
+                 from_identity: str | None = None, pip_constraints: str | None = None) -> ImageResult:
     """Build one layer unless its tag already carries the same input hash. `from_identity` stands for the
-    starting image in the hash (a rootfs key survives re-imports, which change the image id)."""
+    starting image in the hash (a rootfs key survives re-imports, which change the image id);
+    `pip_constraints` (a constraints file's text) goes into the context, so it is part of the hash."""
     t0 = time.monotonic()
     layer = loaded.recipe.base if role == "base" else loaded.recipe.app
     assert layer is not None
@@ -162,7 +172,7 @@ def _build_layer(loaded: LoadedRecipe, engine: Engine, role: str, from_ref: str,
     contexts.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{role}-", dir=contexts) as tmp:
         context = Path(tmp)
-        assemble(loaded, role, mirrors, context, options.extra_context if role == "app" else ())
+        assemble(loaded, role, mirrors, context, options.extra_context if role == "app" else (), pip_constraints)
         digest = input_hash(role, hash_tree(context), args, from_id, labels)
         existing = find_image(engine, layer.tag)
         if existing and image_labels(existing).get(LABEL + "input-hash") == digest and not options.rebuild:

@@ -32,6 +32,7 @@ from imgbuild.recipe import LoadedRecipe
 
 CA_DIR = "imgbuild/ca"
 WHEELS_DIR = "imgbuild/wheels"
+PIP_DIR = "imgbuild/pip"  # constraints.txt of `imgbuild build --constraints` (imgbuild.constraints)
 APP_DIR = "app"
 WHEELS_IN_IMAGE = "/opt/imgbuild/wheels"  # where a build (stage) sees imgbuild/wheels/; PIP_FIND_LINKS names it
 PROJECT_CONTAINERFILES = Path(__file__).resolve().parent.parent / "Containerfiles"
@@ -190,9 +191,13 @@ def _app_dest(loaded: LoadedRecipe, dest: str, key: tuple) -> PurePosixPath:
 
 
 def assemble(loaded: LoadedRecipe, role: str, mirrors: EffectiveMirrors, folder: Path,
-             extra: tuple[tuple[Path, str], ...] = ()) -> None:
+             extra: tuple[tuple[Path, str], ...] = (), constraints: str | None = None) -> None:
     """Fill `folder` with the build context of one layer."""
     shutil.copyfile(containerfile_for(loaded, role), folder / "Containerfile")
+    # imgbuild/pip/ is always there (Containerfiles COPY it); empty, it leaves the context hash unchanged.
+    (folder / PIP_DIR).mkdir(parents=True)
+    if constraints is not None:
+        (folder / PIP_DIR / "constraints.txt").write_text(constraints, encoding="utf-8")
     (folder / CA_DIR).mkdir(parents=True)
     for i, ca in enumerate(mirrors.ca_files):
         # update-ca-certificates only picks up files ending in .crt.

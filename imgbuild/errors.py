@@ -123,3 +123,12 @@ class SbomError(ImgbuildError):
                          hint="imgbuild reads an image's package lists with the image's own python3 (on its PATH)")
         self.image = image
         self.reason = reason
+
+
+class ConstraintsError(ImgbuildError):
+    """A constraints source (`build --constraints`) that cannot be used: names the file or image and line."""
+
+    def __init__(self, source: str, reason: str, *, line: int | None = None, hint: str | None = None) -> None:
+        super().__init__(f"constraints {source}: {reason}", hint=hint)
+        self.source = source
+        self.line = line

@@ -62,6 +62,10 @@ def render_build(result: BuildResult) -> Table:
 def build(
     recipe: RecipeArg,
     rebuild: Annotated[bool, typer.Option("--rebuild", help="Rebuild every layer even if its inputs are unchanged.")] = False,
+    constraints: Annotated[str | None, typer.Option(
+        "--constraints", metavar="FROM_IMAGE_OR_FILE",
+        help="Install exactly these Python package versions: a pip freeze file, or an image built by imgbuild "
+             "(the versions it recorded in /opt/imgbuild/pip-installed.txt).")] = None,
     engine: EngineOpt = "auto",
     host: HostOpt = None,
     json_out: JsonOpt = False,
@@ -72,5 +76,5 @@ def build(
     with progress_for(json_out, verbose, unit="steps") as progress, connect(engine, host, progress=progress) as eng:
         if not json_out:
             stderr.print(f"engine: {eng.kind} {eng.version} at {eng.host}", highlight=False)
-        result = build_recipe(loaded, eng, BuildOptions(rebuild=rebuild), progress)
+        result = build_recipe(loaded, eng, BuildOptions(rebuild=rebuild, constraints=constraints), progress)
     emit(result, json_out, render_build)
