@@ -6,9 +6,9 @@ fish-speech's own code (`fish_speech` and its `tools/` folder must be importable
 source tree) and serves them with:
 - a reference voice encoded once (the firefly encoder) and cached by the server by content hash, instead
   of on every request;
-- the precision the CPU runs fastest: fp32 unless the CPU has native bf16 (AVX512-BF16 or AMX) and a bf16
-  matrix-vector pass measures faster there (fish-speech's tools.api always runs bf16, which on CPUs
-  without native bf16 is several times slower than fp32);
+- the precision the CPU runs fastest: fp32 unless the CPU has native bf16 (AVX512-BF16 or AMX) and bf16
+  measures faster there, for generation (matrix-vector passes) and for the decoder (convolutions) apart
+  (fish-speech's tools.api always runs bf16, which on CPUs without native bf16 is several times slower);
 - generation in fish_generate.py (caches allocated once, prompt prefixes reused, cancellable per token);
 - audio decoded and streamed sentence by sentence.
 
@@ -61,29 +61,49 @@ def choose_precision(requested: str, flags: set[str], measure: Callable[[], dict
     if not native:
         return "fp32", "the CPU has no native bf16"
     seconds = measure()
-    best = min(seconds, key=seconds.__getitem__)
+    # bf16 only when clearly faster: a close call is noise, and fp32 has no rounding to explain.
+    best = "bf16" if seconds["bf16"] < 0.8 * seconds["fp32"] else "fp32"
     timings = ", ".join(f"{name} {value * 1e3:.2f} ms" for name, value in sorted(seconds.items()))
     return best, f"the CPU has {'+'.join(native)}; one layer took {timings}"
 
 
-def measure_matvec(dim: int, hidden: int, repeats: int = 5) -> dict[str, float]:
-    """Best time of a batch-1 pass through a (dim x hidden) feed-forward layer in fp32 and bf16."""
+def measure_matvec(dim: int, hidden: int, rounds: int = 3, layers: int = 8) -> dict[str, float]:
+    """Best time of batch-1 passes through `layers` (dim x hidden) matrices in fp32 and in bf16.
+
+    Several matrices, more bytes than a CPU cache holds, as generation streams its weights from memory; the
+    two precisions take turns, so a busy machine slows both alike."""
     import torch
     import torch.nn.functional as F
 
-    result = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        weight = torch.randn(hidden, dim).to(dtype)
-        x = torch.randn(1, dim).to(dtype)
-        best = float("inf")
-        with torch.inference_mode():
-            for _ in range(repeats):
+    weights = {"fp32": [torch.randn(hidden, dim) for _ in range(layers)]}
+    weights["bf16"] = [w.to(torch.bfloat16) for w in weights["fp32"]]
+    inputs = {name: torch.randn(1, dim).to(ws[0].dtype) for name, ws in weights.items()}
+    best = dict.fromkeys(weights, float("inf"))
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, ws in weights.items():
                 started = time.perf_counter()
-                for _ in range(4):
-                    F.linear(x, weight)
-                best = min(best, (time.perf_counter() - started) / 4)
-        result[name] = best
-    return result
+                for w in ws:
+                    F.linear(inputs[name], w)
+                best[name] = min(best[name], (time.perf_counter() - started) / layers)
+    return best
+
+
+def measure_conv(channels: int = 128, length: int = 5512, kernel: int = 7, rounds: int = 3) -> dict[str, float]:
+    """Best time of one decoder-sized 1-D convolution in fp32 and in bf16, taking turns."""
+    import torch
+    import torch.nn.functional as F
+
+    x, w = torch.randn(1, channels, length), torch.randn(channels, channels, kernel)
+    pairs = {"fp32": (x, w), "bf16": (x.to(torch.bfloat16), w.to(torch.bfloat16))}
+    best = dict.fromkeys(pairs, float("inf"))
+    with torch.inference_mode():
+        for _ in range(rounds):
+            for name, (xi, wi) in pairs.items():
+                started = time.perf_counter()
+                F.conv1d(xi, wi, padding=kernel // 2)
+                best[name] = min(best[name], time.perf_counter() - started)
+    return best
 
 
 def import_fish_speech() -> None:
@@ -121,6 +141,7 @@ class FishSpeechEngine(Engine):
         self.threads = threads
         self.requested_precision = precision
         self.precision = precision if precision != "auto" else "fp32"
+        self.decoder_precision = self.precision
         self.sample_rate = 44100
         self._decoder_id = ""
         self._generator = None  # fish_generate.Generator after load()
@@ -145,9 +166,12 @@ class FishSpeechEngine(Engine):
             self.requested_precision, flags,
             lambda: measure_matvec(model.config.dim, model.config.intermediate_size))  # fmt: skip
         log.info("fish-speech precision %s: %s", self.precision, why)
+        # The decoder's convolutions are matrix-matrix work, unlike generation's matrix-vector passes: with
+        # native bf16 they can be faster in bf16 where generation is not, so they are measured on their own.
+        self.decoder_precision, why = choose_precision(self.requested_precision, flags, measure_conv)
+        log.info("firefly decoder precision %s: %s", self.decoder_precision, why)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         self._generator = Generator(model.to(dtype=dtype).eval())
-        # The decoder stays fp32: fish-speech's bf16 autocast of its convolutions is the slow part on CPUs.
         decoder = load_decoder(config_name=DECODER_CONFIG, checkpoint_path=str(decoder_path), device="cpu")
         # Weight norm recomputes every convolution's weight on every call; fold it in once.
         decoder.remove_parametrizations()
@@ -206,7 +230,8 @@ class FishSpeechEngine(Engine):
         _, decoder = self._loaded()
         # Code 0 of a codebook is fish-speech's padding; a trained model does not emit it, a stand-in can.
         codes = codes.clamp(min=0).long()
-        with torch.inference_mode():
+        bf16 = self.decoder_precision == "bf16"
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             audio = decoder.decode(indices=codes[None], feature_lengths=torch.tensor([codes.shape[1]])).squeeze()
         return np.clip(audio.float().numpy().reshape(-1), -1.0, 1.0).astype(np.float32)
 

@@ -92,7 +92,8 @@ class Generator:
 
     # -- the transformer, on fish-speech's modules ---------------------------------------------------------
 
-    def _attention(self, attn, x, freqs, kc, vc, start: int, fast: bool) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def _attention(self, attn, x, freqs, kc, vc, start: int, mask: torch.Tensor | None,  # type: ignore[no-untyped-def]
+                   fast: bool) -> torch.Tensor:
         bsz, seqlen, _ = x.shape
         kv_size = attn.n_local_heads * attn.head_dim
         q, k, v = attn.wqkv(x).split([attn.dim, kv_size, kv_size], dim=-1)
@@ -111,9 +112,6 @@ class Generator:
             weights = torch.softmax(q @ keys.transpose(-2, -1) * (1 / math.sqrt(q.size(-1))), dim=-1)
             y = weights @ values
         else:
-            mask = None
-            if seqlen > 1:
-                mask = torch.ones(seqlen, end, dtype=torch.bool).tril(diagonal=start)
             y = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, enable_gqa=True)
         return attn.wo(y.transpose(1, 2).contiguous().view(bsz, seqlen, attn.dim))
 
@@ -121,10 +119,13 @@ class Generator:
         """Prefill or one step of the slow transformer: (token logits, hidden state) of the last position."""
         model = self.model
         x = model.embed(tokens)
-        freqs = model.freqs_cis[start : start + x.size(1)]
+        seqlen = x.size(1)
+        freqs = model.freqs_cis[start : start + seqlen]
+        # A prefill's causal mask over the cached prefix and itself; one new token sees everything.
+        mask = torch.ones(seqlen, start + seqlen, dtype=torch.bool).tril(diagonal=start) if seqlen > 1 else None
         for i, layer in enumerate(model.layers):
             h = x + self._attention(layer.attention, layer.attention_norm(x), freqs, self._k[i], self._v[i],
-                                    start, fast=False)
+                                    start, mask, fast=False)
             x = h + layer.feed_forward(layer.ffn_norm(h))
         x = x[:, -1:]
         out = model.norm(x)
@@ -137,7 +138,7 @@ class Generator:
         freqs = model.freqs_cis[index : index + 1]
         for i, layer in enumerate(model.fast_layers):
             h = x + self._attention(layer.attention, layer.attention_norm(x), freqs, self._fk[i], self._fv[i],
-                                    index, fast=True)
+                                    index, None, fast=True)
             x = h + layer.feed_forward(layer.ffn_norm(h))
         return model.fast_output(model.fast_norm(x))
 
