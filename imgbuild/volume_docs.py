@@ -119,8 +119,8 @@ Every line must say OK. SHA256SUMS covers every other file on this disc.
     imgbuild load VOLUME_FOLDER...                    load the images into podman or docker
     imgbuild load-and-run VOLUME_FOLDER...            load, then start the service and print its URL
 
-3. Restore WITHOUT imgbuild (needs only sh, cat, zstd, tar and podman or docker)
--------------------------------------------------------------------------------
+3. Restore WITHOUT imgbuild (needs only sh, cat, zstd, tar, head, sha256sum and podman or docker)
+-------------------------------------------------------------------------------------------------
 Copy (or mount) all {n} volumes as folders side by side, keeping their names, then either run
 
     sh {layout.volume_folder(s, 1)}/{layout.RESTORE_NAME}          (add --engine docker for Docker)
@@ -161,8 +161,8 @@ imgbuild-set.json 描述了整个归档集。
     imgbuild load 卷文件夹...                   把镜像导入 podman 或 docker
     imgbuild load-and-run 卷文件夹...           导入后启动服务并显示其网址
 
-3. 不使用 imgbuild 恢复（只需要 sh、cat、zstd、tar 以及 podman 或 docker）
--------------------------------------------------------------------------
+3. 不使用 imgbuild 恢复（只需要 sh、cat、zstd、tar、head、sha256sum 以及 podman 或 docker）
+------------------------------------------------------------------------------------------
 把全部 {n} 卷复制（或挂载）为同一目录下的文件夹，保持原名，然后运行
 
     sh {layout.volume_folder(s, 1)}/{layout.RESTORE_NAME}          （使用 Docker 时加 --engine docker）
