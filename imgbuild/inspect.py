@@ -35,9 +35,9 @@ class InspectResult:
                 "note": self.note or None}
 
 
-def inspect_set(dirs: list[Path], catalog: Path | None = None) -> InspectResult:
+def inspect_set(dirs: list[Path], catalog: Path | None = None, set_id: str | None = None) -> InspectResult:
     """The SBOMs of a set's images, from the first volume that holds each one intact."""
-    located = locate_set(dirs, catalog)
+    located = locate_set(dirs, catalog, set_id)
     manifest = located.manifest
     lock = manifest.recipe.checkpoints_lock if manifest.recipe else None
     lock_json = json.loads(lock.text) if lock else None
@@ -87,13 +87,14 @@ class InspectOptions:
     catalog: Path | None = None  # a set: check against this catalog copy of the manifest
     engine: str = "auto"  # an image: which engine, as for every command (--engine, --host)
     host: str | None = None
+    set_id: str | None = None  # a set: which one, when the folders hold volumes of several
 
 
 def inspect_target(targets: list[str], options: InspectOptions = InspectOptions(),
                    progress: ProgressCallback = no_progress) -> InspectResult:
     """Folders (a set's volumes) or one image reference."""
     if all(Path(t).is_dir() for t in targets):
-        return inspect_set([Path(t) for t in targets], options.catalog)
+        return inspect_set([Path(t) for t in targets], options.catalog, options.set_id)
     if len(targets) != 1:
         raise UsageError(f"give volume folders or one image; not folders: {[t for t in targets if not Path(t).is_dir()]}")
     from imgbuild.engines import connect

@@ -373,3 +373,14 @@ def test_property_tar_scanner_never_crashes(at: int, junk: bytes, step: int) -> 
         scanner.feed(bytes(data[i:i + step]))
     summary = summarize([scanner])
     assert all(n >= 1 for _, n in summary.counts) and len(summary.entries) <= sum(n for _, n in summary.counts)
+
+
+def test_inspect_also_takes_set(tmp_path: Path) -> None:
+    from imgbuild.inspect import InspectOptions, inspect_target
+
+    two_volume_set(tmp_path / "set")
+    two_volume_set(tmp_path / "set", set_id="fedcba9876543210")
+    with pytest.raises(ArchiveError, match="volumes of 2 sets here"):
+        inspect_target([str(tmp_path / "set")])
+    result = inspect_target([str(tmp_path / "set")], InspectOptions(set_id="fedcba9876543210"))
+    assert result.set_id == "fedcba9876543210"

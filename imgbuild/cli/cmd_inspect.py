@@ -8,7 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from imgbuild.cli.common import EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for
+from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit,
+                                 progress_for)
 from imgbuild.inspect import InspectOptions, InspectResult, inspect_target
 
 
@@ -39,6 +40,7 @@ def inspect_command(
                                                  show_default=False)],
     manifest: Annotated[Path | None, typer.Option(
         "--manifest", help="Check against this catalog copy of the manifest (manifests/SETID.json).")] = None,
+    set_id: SetOpt = None,
     engine: EngineOpt = "auto",
     host: HostOpt = None,
     json_out: JsonOpt = False,
@@ -47,5 +49,5 @@ def inspect_command(
     """What is inside: Debian and Python packages with versions and licences, model files, licences that
     limit use, from the SBOM (CycloneDX) each image carries."""
     with progress_for(json_out, verbose) as progress:
-        result = inspect_target(targets, InspectOptions(catalog=manifest, engine=engine, host=host), progress)
+        result = inspect_target(targets, InspectOptions(catalog=manifest, engine=engine, host=host, set_id=set_id), progress)
     emit(result, json_out, render_inspect)
