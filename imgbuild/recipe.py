@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -116,8 +117,12 @@ class _Tree:
         try:
             return self.constructor.construct_object(node, deep=True)
         except (ValueError, OverflowError) as exc:
-            # e.g. an integer of more digits than Python converts (sys.get_int_max_str_digits)
-            raise self.fail(node, path, f"cannot read value {_short(node.value)}: {_short(str(exc))}") from None
+            digits = sum(c.isdigit() for c in str(node.value))
+            if digits > sys.get_int_max_str_digits():  # Python refuses to convert longer integers
+                reason = f"a number of {digits} digits (at most {sys.get_int_max_str_digits()})"
+            else:
+                reason = _short(str(exc))
+            raise self.fail(node, path, f"cannot read value {_short(node.value)}: {reason}") from None
 
     def fail(self, node: yaml.Node, path: KeyPath, message: str, hint: str | None = None) -> RecipeError:
         return RecipeError(message, file=self.file, line=node.start_mark.line + 1,
