@@ -3,6 +3,7 @@ loaded and started, health checked; Ctrl-C stops and removes it; the other engin
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -70,19 +71,25 @@ def test_round_trip_verify_remove_load_and_run_healthy(engine: Engine, web_set: 
     assert not _containers(engine, image.id)
 
 
-def test_ctrl_c_stops_and_removes_the_container(engine: Engine, web_set: tuple[Path, SetManifest]) -> None:
+@pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])
+def test_ctrl_c_stops_and_removes_the_container(engine: Engine, web_set: tuple[Path, SetManifest],
+                                                json_mode: bool) -> None:
+    """Text mode prints the URL on stdout when healthy; --json prints exactly one JSON document on stdout
+    (the final result, URL included) and the ready line on stderr."""
     folder, manifest = web_set
     image = manifest.images[0]
     command = [sys.executable, "-m", "imgbuild", "load-and-run", str(folder), "--host", engine.host, "--port", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command + (["--json"] if json_mode else []), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    ready_stream = process.stderr if json_mode else process.stdout
     try:
         line = ""
         deadline = time.monotonic() + 120
         while "healthy" not in line and time.monotonic() < deadline:
-            line = process.stdout.readline() if process.stdout else ""
+            line = ready_stream.readline() if ready_stream else ""
             if not line and process.poll() is not None:
                 break
-        assert "healthy" in line, process.stderr.read() if process.stderr else ""
+        assert "healthy" in line, process.stderr.read() if process.stderr and not json_mode else line
         url = line.rsplit(" ", 1)[-1].strip()
         assert requests.get(url + "health", timeout=5).status_code == 200
         assert len(_containers(engine, image.id)) == 1
@@ -92,7 +99,11 @@ def test_ctrl_c_stops_and_removes_the_container(engine: Engine, web_set: tuple[P
         if process.poll() is None:
             process.kill()
     assert process.returncode == 0, err
-    assert "stopped and removed" in out
+    if json_mode:
+        document = json.loads(out)  # one document: json.loads refuses anything after it
+        assert document["stopped"] is True and document["url"] == url
+    else:
+        assert "stopped and removed" in out
     assert not _containers(engine, image.id)
 
 

@@ -150,7 +150,12 @@ def load_and_run_command(
                              health_timeout=health_timeout)
 
     def ready(result: RunResult) -> None:
-        emit(result, json_out, render_run)
+        # --json prints one document, the final result (it holds the URL too); the URL is news now, so the
+        # ready line goes to stderr in that mode.
+        if json_out:
+            typer.echo(render_run(result), err=True)
+        else:
+            emit(result, False, render_run)
 
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = load_and_run(found, dirs, load_options, run_options, progress, on_ready=ready)
