@@ -169,3 +169,22 @@ def test_load_reports_device_nodes_and_refuse_devices_loads_nothing(engine: Engi
         assert "1 device node(s)" in loaded_set.content.describe()
     finally:
         remove_images(engine, [tag] + [i.id for i in manifest.images])
+
+
+def test_readme_by_hand_steps_load_the_set_as_pasted(engine: Engine, engine_set: tuple[Path, SetManifest],
+                                                     loaded: None) -> None:
+    """README.txt's by-hand lines, pasted as written into sh in the set folder (only `podman` is pointed at
+    this test's engine), load the images with the set's ids."""
+    import subprocess
+
+    from tests.test_archive import _engine_command
+    from tests.test_restore_script import by_hand_lines
+
+    folder, manifest = engine_set
+    lines = by_hand_lines(sorted(p for p in folder.iterdir() if p.is_dir())[0])
+    command, env = _engine_command(engine)
+    proc = subprocess.run(["sh", "-c", lines.replace("podman load", " ".join(command) + " load")], cwd=folder,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count(": OK") == 1 + len(manifest.images) + len(manifest.layers)
+    assert all(set_image_id(engine, image) for image in manifest.images)
