@@ -384,3 +384,14 @@ def test_inspect_also_takes_set(tmp_path: Path) -> None:
         inspect_target([str(tmp_path / "set")])
     result = inspect_target([str(tmp_path / "set")], InspectOptions(set_id="fedcba9876543210"))
     assert result.set_id == "fedcba9876543210"
+
+
+def test_verify_refuse_devices_without_deep_is_a_usage_error(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgbuild.cli import app
+
+    folder = tmp_path / "set"
+    two_volume_set(folder)
+    result = CliRunner().invoke(app, ["verify", "--refuse-devices", str(folder)])
+    assert result.exit_code == 2 and "--refuse-devices needs --deep" in result.output

@@ -14,6 +14,7 @@ from imgbuild import layout
 from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for,
                                  stderr)
 from imgbuild.engines import connect
+from imgbuild.errors import UsageError
 from imgbuild.load import LoadOptions, LoadResult, VolumeRequest, load_set
 from imgbuild.run import RunOptions, RunResult, load_and_run
 from imgbuild.verify import VerifyOptions, VerifyReport, verify_set
@@ -72,6 +73,8 @@ def verify(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
            refuse_devices: RefuseDevicesOpt = False,
            json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Check volumes strictly against the set manifest and SHA256SUMS; exit 1 naming each bad file."""
+    if refuse_devices and not deep:
+        raise UsageError("--refuse-devices needs --deep (device nodes are found by decompressing the layers)")
     record_in = catalog or (manifest.parent if manifest else Path(layout.CATALOG_DEFAULT))
     with progress_for(json_out, verbose) as progress:
         report = verify_set(dirs, VerifyOptions(deep=deep, catalog=manifest, set_id=set_id, record_in=record_in,
@@ -141,11 +144,12 @@ def load_and_run_command(
         memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 4g.")] = None,
         health_timeout: Annotated[float | None, typer.Option(
             "--health-timeout", help="Seconds to wait for the health check (default: the recipe's).")] = None,
-        prompt: PromptOpt = False, force: ForceOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
+        prompt: PromptOpt = False, force: ForceOpt = False, refuse_devices: RefuseDevicesOpt = False,
+        engine: EngineOpt = "auto", host: HostOpt = None,
         json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set (skipping present images), start its app's serve command and wait until healthy."""
     load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None, set_id=set_id,
-                               force=force)
+                               force=force, refuse_devices=refuse_devices)
     run_options = RunOptions(image=image, bind=bind, port=port, cpus=cpus, memory=memory, detach=detach,
                              health_timeout=health_timeout)
 
