@@ -12,7 +12,7 @@ Measured in one run, on the same engine, on the same set written by imgbuild arc
   load            imgbuild load of the set (parts checked, zstd, docker-archive built on the fly, load API)
 
 The page cache is warmed first, so both sides of each pair read from memory. The image is removed from the
-engine before each load. Goals (issue 3): verify >= 4x faster than sha256sum -c; load <= 1.0x the time of
+engine before each load. Goals: verify >= 4x faster than sha256sum -c; load <= 1.0x the time of
 zstd -dc | ENGINE load.
 
     python bench/bench_restore.py [--engine podman|docker] [--host URL] [--rounds N] [--keep-image]

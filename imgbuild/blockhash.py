@@ -56,14 +56,6 @@ def block_count(size: int, block_size: int = BLOCK_SIZE) -> int:
     return -(-size // block_size)
 
 
-def block_hashes_of(fh: BinaryIO, block_size: int = BLOCK_SIZE) -> list[str]:
-    """Block hashes of what ``fh`` holds from its current position to its end."""
-    out = []
-    while block := fh.read(block_size):
-        out.append(hashlib.sha256(block).hexdigest())
-    return out
-
-
 def bad_blocks(fh: BinaryIO, expected: list[str], size: int, block_size: int = BLOCK_SIZE) -> list[int]:
     """Indexes of the blocks of ``fh`` (seekable) that are short, unreadable or differ from ``expected``.
 

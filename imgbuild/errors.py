@@ -1,7 +1,7 @@
 """The one exception tree of imgbuild.
 
 Every error a user can cause or meet derives from ImgbuildError and carries the context needed to say
-what went wrong and where. The CLI turns them into messages in one place (imgbuild.cli.render);
+what went wrong and where. The CLI turns them into messages in one place (imgbuild.cli.common.report_error);
 IMGBUILD_TRACEBACK=1 shows the traceback as well.
 """
 
@@ -95,10 +95,6 @@ class ManifestError(ArchiveError):
         self.source = source
         self.field = field
         self.reason = reason
-
-
-class VerifyFailed(ImgbuildError):
-    """verify found problems; the report lists them."""
 
 
 class LoadError(ImgbuildError):

@@ -1,4 +1,4 @@
-"""Every on-disc name of an archive set, format version 1 (FORMAT.md describes them).
+"""Every on-disc name of an archive set, format versions 1 to 3 (FORMAT.md describes them).
 
 A set is a folder per volume (one disc each) under the output folder::
 
@@ -122,11 +122,6 @@ def catalog_path(catalog_dir: Path, set_id: str) -> Path:
 def partial(path: Path) -> Path:
     """The name a file or folder has while it is being written."""
     return path.with_name(path.name + PARTIAL_SUFFIX)
-
-
-def is_metadata_path(path: str) -> bool:
-    """Files written last on every volume, after all data is in place."""
-    return path in (MANIFEST_NAME, SUMS_NAME)
 
 
 def is_data_path(path: str) -> bool:

@@ -1,4 +1,4 @@
-"""The set manifest (format imgbuild-set, version 1) and its strict parser.
+"""The set manifest (format imgbuild-set, versions 1 to 3) and its strict parser.
 
 The manifest is the one description of a set: images, their configs and layers, every file of every volume
 with its size and sha256. A set on disc may have been tampered with, so ``parse_manifest`` trusts nothing:

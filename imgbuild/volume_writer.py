@@ -3,8 +3,8 @@
 Space is counted the way a disc spends it: every file rounded up to 2,048-byte sectors plus one sector
 for its directory entry, and ``metadata_reserve`` bytes per volume stay free for the files written last
 (configs, restore.sh, README.txt, the manifest, SHA256SUMS). Volumes are written as ``FOLDER.partial``
-and parts as ``NAME.partial`` (fsynced, then renamed); ``finish`` writes the metadata, the catalog copy,
-and only then gives the volume folders their final names.
+and parts as ``NAME.partial`` (fsynced, then renamed); archive writes the metadata and the catalog copy, and
+only then ``publish`` gives the volume folders their final names.
 
 A layer's diff id is only known at its end; when it turns out to be a layer the set already holds, the
 layer writer is aborted: its parts are deleted and the volumes rewound as if it had never been written.

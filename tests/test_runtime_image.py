@@ -1,6 +1,6 @@
 """The TTS app image on real engines: imgbuild builds python-base + Containerfiles/tts-app.Containerfile with
 the runtime, piper, the tiny test voice and a ref_data voice; the container then serves speech with no
-network at all (the offline machine of the story) and through a published port.
+network at all (an offline machine) and through a published port.
 """
 
 from __future__ import annotations

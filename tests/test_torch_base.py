@@ -1,7 +1,7 @@
 """The CPU-only torch base (recipes/torch-cpu-base.yaml) builds for real on one engine and torch runs in it.
 
 One engine is enough (the build path is the same on both, tests/test_build.py covers both); Podman is
-used because it is the story's engine. The torch CPU wheel comes from this host's pip find-links, as a
+used because it is the engine the fish-speech image was first made with. The torch CPU wheel comes from this host's pip find-links, as a
 user on this machine would pass it. Under CI a missing engine or wheel fails the test instead of skipping.
 """
 
@@ -29,7 +29,7 @@ from tests.test_build import get_json, leftover_stages
 
 RECIPE = REPO_ROOT / "recipes" / "torch-cpu-base.yaml"
 WHEEL_GLOB = "torch-2.13.0+cpu-cp311-*.whl"
-SIZE_GOAL = 2_000_000_000  # bytes: the issue's goal for the base, against the story's 8.72 GB
+SIZE_GOAL = 2_000_000_000  # bytes: the goal for the base, against 8.72 GB for a CUDA torch base
 TORCH_LINE = "import torch; print(torch.ones(2) @ torch.ones(2))"
 
 
@@ -218,7 +218,7 @@ def test_torch_cpu_base_builds_and_runs_torch(tmp_path: Path) -> None:
             assert leftover_stages(engine, tag) == []
 
             # The fish-speech app layer on this base, with a stand-in source tree (the real one and its
-            # weights are out of reach): dependency step, editable install, gen_ref, CMD, health route.
+            # weights are not on the test machine): dependency step, editable install, gen_ref, CMD, health route.
             app_recipe = fish_app_recipe(tmp_path, recipe, tag.replace("torch-cpu-base", "fish-app"))
             app_loaded = load_recipe(app_recipe, {**os.environ, "TORCH_CPU_WHEELS": str(wheels)})
             both = build_recipe(app_loaded, engine, BuildOptions())

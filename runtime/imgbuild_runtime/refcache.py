@@ -1,7 +1,7 @@
 """Encoded reference voices, cached in memory and on disk by content hash.
 
-Encoding a reference is the slow step of every cloning request in fish-speech (the story's log: 34 s to
-load and encode 2.9 s of audio on an old CPU). The key is sha256(encoder id, sha256 of the audio bytes,
+Encoding a reference is the slow step of every cloning request in fish-speech (34 s to load and encode
+2.9 s of audio on an old laptop CPU). The key is sha256(encoder id, sha256 of the audio bytes,
 sha256 of the transcript), so an edited .wav or .lab, or a new codec, never reuses stale tokens, and a
 renamed file still hits. Disk entries are .npz files written atomically (NAME.partial, fsync, rename);
 their total size is capped, and the least recently used entries (by modification time, touched on every

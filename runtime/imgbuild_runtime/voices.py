@@ -1,4 +1,4 @@
-"""Voices from the story's reference layout: ref_data/<speaker>/<emotion>/<name>.wav + <name>.lab.
+"""Voices from fish-speech's reference layout: ref_data/<speaker>/<emotion>/<name>.wav + <name>.lab.
 
 A recording is paired with the transcript of the same name, never with a random one (fish-speech 1.2 chose
 the .wav and the .lab of a folder independently at random). A voice is named `speaker/emotion`; `speaker`

@@ -30,7 +30,7 @@ def write_ref(folder: Path, name: str, text: str, hz: float, amplitude: float) -
 
 
 def make_ref_data(root: Path) -> Path:
-    """The story's layout, plus the mistakes a hand-made folder has."""
+    """fish-speech's ref_data layout, plus the mistakes a hand-made folder has."""
     write_ref(root / "1paimon" / "e1", "2003_1", "我们这边也不是那么好骗的", 220, 0.05)
     write_ref(root / "2r" / "e1", "2r", "a second speaker", 330, 0.3)
     write_ref(root / "2r" / "happy", "b_take", "happy take two", 440, 0.2)
