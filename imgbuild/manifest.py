@@ -242,6 +242,19 @@ def _loc_part(part: int | str) -> str:
     return f"[{part}]" if isinstance(part, int) else str(part)
 
 
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the set manifest, generated from these models (``imgbuild schema --manifest``).
+
+    It states every key, type, pattern and numeric limit; the cross-reference rules (FORMAT.md section 3)
+    are beyond what a schema says and are checked by ``parse_manifest``.
+    """
+    schema = SetManifest.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["description"] = ("imgbuild-set manifest (imgbuild-set.json), format versions "
+                             f"{', '.join(map(str, layout.READABLE_VERSIONS))}; FORMAT.md section 3")
+    return schema
+
+
 def revalidate(manifest: SetManifest) -> SetManifest:
     """Run every check again on a manifest built with model_copy (which skips validation)."""
     return SetManifest.model_validate(manifest.model_dump(mode="json"))

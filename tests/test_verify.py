@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from typer.testing import CliRunner
 
@@ -71,6 +72,10 @@ def test_intact_set_passes_with_evidence_and_sha256sum_agrees(set_copy: tuple[Pa
     assert f"{report.files_checked} files, {report.bytes_checked} bytes" in result.output
     as_json = json.loads(CliRunner().invoke(app, ["verify", "--json", str(folder)]).stdout)
     assert as_json["ok"] is True and as_json["files_checked"] == report.files_checked
+    # The manifest archive wrote (the current format version) matches `imgbuild schema --manifest`.
+    written = json.loads((volumes[0] / layout.MANIFEST_NAME).read_bytes())
+    assert written["format_version"] == layout.FORMAT_VERSION
+    jsonschema.validate(written, json.loads(CliRunner().invoke(app, ["schema", "--manifest"]).stdout))
 
 
 def test_a_flipped_byte_in_any_part_is_named(set_copy: tuple[Path, list[Path]]) -> None:

@@ -1,8 +1,8 @@
 """The imgbuild command line: a typer app; each command group lives in its own module cli/cmd_*.py.
 
 To add a command group, create imgbuild/cli/cmd_NAME.py that registers on `imgbuild.cli.common.app`
-and list NAME in COMMAND_MODULES. A listed module that does not exist yet is skipped, so the CLI keeps
-working while command groups are being written; any other import error is raised.
+and list NAME in COMMAND_MODULES. A listed module that cannot be imported is an error: a command that
+silently went missing would look like a user's typo.
 """
 
 from __future__ import annotations
@@ -16,12 +16,7 @@ COMMAND_MODULES = ["cmd_recipe", "cmd_download", "cmd_plan", "cmd_archive", "cmd
 
 def _register() -> None:
     for name in COMMAND_MODULES:
-        module = f"{__name__}.{name}"
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+        importlib.import_module(f"{__name__}.{name}")
 
 
 _register()

@@ -1,4 +1,4 @@
-"""Recipe commands: `schema` (JSON Schema of the recipe format), `check`, `build`."""
+"""Recipe commands: `schema` (JSON Schema of the recipe format, or of the set manifest), `check`, `build`."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from imgbuild.build import BuildOptions, BuildResult, build_recipe
 from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for,
                                  stderr)
 from imgbuild.engines import connect
+from imgbuild.manifest import json_schema as manifest_json_schema
 from imgbuild.recipe import LoadedRecipe, load_recipe
 from imgbuild.recipe_model import Recipe
 
@@ -22,9 +23,14 @@ RecipeArg = Annotated[Path, typer.Argument(help="Recipe file (YAML, apiVersion: 
 
 @app.command()
 @cli_command
-def schema() -> None:
-    """Print the JSON Schema of the recipe format (imgbuild/v1), for editor completion."""
-    sys.stdout.write(json.dumps(Recipe.model_json_schema(by_alias=True), indent=2) + "\n")
+def schema(
+    manifest: Annotated[bool, typer.Option("--manifest", help="The set manifest's schema (imgbuild-set.json) "
+                                            "instead of the recipe's.")] = False,
+) -> None:
+    """Print the JSON Schema of the recipe format (imgbuild/v1), for editor completion, or with --manifest
+    the schema of an archive set's manifest (FORMAT.md)."""
+    document = manifest_json_schema() if manifest else Recipe.model_json_schema(by_alias=True)
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
 
 
 class _Checked:
