@@ -56,3 +56,16 @@ def make_standin(python: str, model: str, out: Path, *args: str) -> Path:
     return out
 
 
+
+
+# The shared TTS base (the `base:` section of the fish-speech and SparkTTS recipes) as these machines can
+# build it: torch 2.13.0 CPU (this host's find-links wheel) and torchaudio 2.11.0 without its compiled
+# library, because no torch 2.3.1 or 2.5.1 CPU wheel can be fetched here. The end-to-end tests of the three
+# recipes use it, so they build one base image, which stays on the engine between them.
+TTS_BASE_ENV = {"TORCH_REQUIREMENT": "torch==2.13.0+cpu", "TORCHAUDIO_REQUIREMENT": "torchaudio==2.11.0",
+                "TORCHAUDIO_EXTENSION": "drop", "TTS_BASE_TAG": "localhost/tts-cpu-base:torch2.13.0-test"}
+
+
+def tts_base_env() -> dict[str, str]:
+    """TTS_BASE_ENV, where a value already in the environment (set by hand or by CI) wins."""
+    return {name: os.environ.get(name) or value for name, value in TTS_BASE_ENV.items()}
