@@ -29,11 +29,10 @@ from imgbuild.recipe import load_recipe
 from imgbuild.run import RunOptions, load_and_run
 from imgbuild.verify import verify_set
 from imgbuild.volumes import locate_set
-from imgbuild.engines import connect
-from tests.conftest import REPO_ROOT, Cleanup, remove_image
+from tests.conftest import REPO_ROOT, remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer
-from tests.support.torchvenv import fixture_zip, make_standin, skip_or_fail, torch_python, tts_base_env
+from tests.support.torchvenv import fixture_zip, make_standin, podman_cleanup, torch_python, tts_base_env  # noqa: F401
 from tests.test_spark_serve import check_wav, spark_source, write_tone_voice
 from tests.test_torch_base import host_torch_wheels
 
@@ -56,25 +55,8 @@ def spark_recipe(folder: Path, unique_tag) -> Path:
     return path
 
 
-@pytest.fixture
-def podman():
-    """Podman only (conftest's `engine` runs a test on every engine); skipped or failed like `engine`."""
-    host = os.environ.get("IMGBUILD_TEST_PODMAN_HOST")
-    if not host:
-        skip_or_fail('IMGBUILD_TEST_PODMAN_HOST is not set (eval "$(scripts/engines.sh start)")')
-    with connect("podman", host) as found:
-        yield found
-
-
-def test_spark_tts_end_to_end(podman, unique_tag, tmp_path: Path, monkeypatch) -> None:
-    engine, cleanup = podman, Cleanup(podman)
-    try:
-        run_end_to_end(engine, cleanup, unique_tag, tmp_path, monkeypatch)
-    finally:
-        cleanup.run()
-
-
-def run_end_to_end(engine, cleanup: Cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:
+def test_spark_tts_end_to_end(podman_cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:
+    engine, cleanup = podman_cleanup
     times: dict[str, float] = {}
     mark = time.monotonic()
     python = torch_python("transformers", "omegaconf", "soxr")

@@ -69,3 +69,21 @@ TTS_BASE_ENV = {"TORCH_REQUIREMENT": "torch==2.13.0+cpu", "TORCHAUDIO_REQUIREMEN
 def tts_base_env() -> dict[str, str]:
     """TTS_BASE_ENV, where a value already in the environment (set by hand or by CI) wins."""
     return {name: os.environ.get(name) or value for name, value in TTS_BASE_ENV.items()}
+
+
+@pytest.fixture
+def podman_cleanup():
+    """(Podman engine, Cleanup) for tests that run on Podman only (conftest's `engine` runs a test on every
+    engine); skipped or failed like `engine`. What the test registers with the Cleanup is removed after it."""
+    from imgbuild.engines import connect
+    from tests.conftest import Cleanup
+
+    host = os.environ.get("IMGBUILD_TEST_PODMAN_HOST")
+    if not host:
+        skip_or_fail('IMGBUILD_TEST_PODMAN_HOST is not set (eval "$(scripts/engines.sh start)")')
+    with connect("podman", host) as engine:
+        cleanup = Cleanup(engine)
+        try:
+            yield engine, cleanup
+        finally:
+            cleanup.run()
