@@ -24,7 +24,8 @@ from imgbuild.cli import app
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 # The app Containerfiles of the real-model recipes (the others have their own tests).
-CONTAINERFILES = [REPO / "Containerfiles" / name for name in ("fish-speech.Containerfile", "spark-tts.Containerfile")]
+CONTAINERFILES = [REPO / "Containerfiles" / name for name in ("fish-speech.Containerfile", "spark-tts.Containerfile",
+                                                               "fish-speech-lora.Containerfile")]
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "EXPOSE", "CMD", "ENTRYPOINT", "LABEL",
                 "USER", "VOLUME", "SHELL", "HEALTHCHECK", "STOPSIGNAL", "ONBUILD"}
 # The files of fishaudio/fish-speech-1.2-sft the story's image used (README.md aside).
@@ -47,14 +48,13 @@ def user_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     voices.mkdir(parents=True)
     (voices / "2003_1.wav").write_bytes(b"RIFF")
     (voices / "2003_1.lab").write_text("placeholder", encoding="utf-8")
-    lora = root / "fish-speech-1.4-yth-lora"
-    lora.mkdir()
-    for name in ("config.json", "model.pth", "tokenizer.json", "special_tokens_map.json", "README.md"):
-        (lora / name).write_text("{}")
+    lora = root / "results" / "checkpoints" / "step_000000010.ckpt"  # what LoRA fine-tuning writes
+    lora.parent.mkdir(parents=True)
+    lora.write_bytes(b"placeholder")
     wheels = root / "wheels"
     wheels.mkdir()
     return {"FISH_SPEECH_ZIP": str(root / "fish-speech.zip"), "FISH_REF_DATA": str(root / "ref_data"),
-            "FISH_REFERENCES": str(root / "ref_data"), "FISH_LORA_DIR": str(lora),
+            "FISH_REFERENCES": str(root / "ref_data"), "FISH_LORA_CKPT": str(lora),
             "SPARK_TTS_ZIP": str(root / "spark-tts.zip"), "SPARK_REF_DATA": str(root / "ref_data"),
             "TORCH_CPU_WHEELS": str(wheels)}
 
@@ -93,7 +93,7 @@ def test_every_recipe_passes_check_and_plan(recipe: Path, user_files: dict[str, 
 
 @pytest.mark.parametrize("recipe,variable", [("fish-speech-1.2-sft-cpu.yaml", "TORCH_CPU_WHEELS"),
                                              ("fish-speech-1.2-sft-cpu.yaml", "FISH_SPEECH_ZIP"),
-                                             ("fish-speech-lora.yaml", "FISH_LORA_DIR"),
+                                             ("fish-speech-lora.yaml", "FISH_LORA_CKPT"),
                                              ("spark-tts-cpu.yaml", "SPARK_TTS_ZIP")])
 def test_check_names_a_missing_user_file_variable(recipe: str, variable: str, user_files: dict[str, str]) -> None:
     env = {k: v for k, v in user_files.items() if k != variable}
@@ -128,15 +128,21 @@ def test_fish_speech_12_is_the_story_image_on_cpu() -> None:
     assert "libsox-dev" in r["base"]["packages"]
 
 
-def test_lora_recipe_serves_the_merged_folder_with_the_14_decoder() -> None:
+def test_lora_recipe_merges_at_build_and_serves_the_merged_model_with_the_14_decoder() -> None:
     r = load("fish-speech-lora.yaml")
-    local, hub = r["app"]["checkpoints"]
-    assert local["path"] == "${FISH_LORA_DIR}" and "model.pth" in local["include"]
-    assert hub["repo"] == "fishaudio/fish-speech-1.4"
+    hub, local = r["app"]["checkpoints"]
+    assert hub["repo"] == "fishaudio/fish-speech-1.4" and {"model.pth", "config.json"} <= set(hub["include"])
+    assert local["path"] == "${FISH_LORA_CKPT}"
+    # The Containerfile's merge stage reads the base from BASE_WEIGHT and the LoRA from LORA_DIR and writes
+    # MERGED_WEIGHT, which the server loads.
+    containerfile = (REPO / "recipes" / r["app"]["containerfile"]).resolve().read_text()
+    defaults = dict(re.findall(r"^ARG (\w+)=(\S*)$", containerfile, re.MULTILINE))
+    assert (defaults["BASE_WEIGHT"], defaults["LORA_DIR"]) == (hub["dest"], local["dest"])
+    assert "tools/llama/merge_lora.py" in containerfile
     command = r["app"]["serve"]["command"]
-    assert command[command.index("--llama-checkpoint-path") + 1] == local["dest"]
+    assert command[command.index("--llama-checkpoint-path") + 1] == defaults["MERGED_WEIGHT"]
     decoder = command[command.index("--decoder-checkpoint-path") + 1]
-    assert decoder == f"{hub['dest']}/{hub['include'][0]}" and "8x1024-21hz" in decoder
+    assert decoder == f"{hub['dest']}/{hub['include'][-1]}" and "8x1024-21hz" in decoder
 
 
 def test_spark_recipe_puts_the_model_where_the_server_reads_it() -> None:
