@@ -9,17 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit, progress_for
+from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit, format_size, progress_for
 from imgbuild.download import DownloadOptions, DownloadResult, download_checkpoints
 from imgbuild.transfer import TransferOptions
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def render_download(result: DownloadResult) -> Table:
@@ -28,10 +20,10 @@ def render_download(result: DownloadResult) -> Table:
     for column in ("file", "size", "action", "fetched"):
         table.add_column(column, justify="right" if column in ("size", "fetched") else "left")
     for f in result.files:
-        table.add_row(f"{f.dest}/{f.path}", _size(f.size), f.action, _size(f.fetched))
+        table.add_row(f"{f.dest}/{f.path}", format_size(f.size), f.action, format_size(f.fetched))
     rate = result.fetched_bytes / result.seconds if result.seconds else 0
-    table.caption = (f"{len(result.files)} files, {_size(result.total_bytes)}; fetched {_size(result.fetched_bytes)}"
-                     f" in {result.seconds:.1f} s ({_size(int(rate))}/s); lock sha256 {result.lock_sha256[:16]}")
+    table.caption = (f"{len(result.files)} files, {format_size(result.total_bytes)}; fetched {format_size(result.fetched_bytes)}"
+                     f" in {result.seconds:.1f} s ({format_size(int(rate))}/s); lock sha256 {result.lock_sha256[:16]}")
     return table
 
 

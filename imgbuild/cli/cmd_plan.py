@@ -11,18 +11,8 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
-from imgbuild.cli.common import JsonOpt, app, cli_command, emit
+from imgbuild.cli.common import JsonOpt, app, cli_command, emit, format_size
 from imgbuild.plan import Plan, PlanOptions, plan_recipe
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1000  # type: ignore[assignment]
-    return str(n)
 
 
 def _value(value: object) -> str:
@@ -46,23 +36,23 @@ def render_plan(plan: Plan) -> Group:
         images.append(f"    containerfile: {escape(i.containerfile)}")
         images += [f"    --build-arg {escape(shlex.quote(f'{k}={v}'))}" for k, v in i.args.items()]
 
-    files = Table(title=f"files in the build contexts ({_size(plan.context_bytes)})", title_justify="left",
+    files = Table(title=f"files in the build contexts ({format_size(plan.context_bytes)})", title_justify="left",
                   show_edge=False)
     for col in ("path", "to", "size", "files"):
         files.add_column(col, justify="right" if col in ("size", "files") else "left", overflow="fold")
     for f in plan.files:
-        size = _size(f.bytes) + (" unpacked" if f.extract else "")
+        size = format_size(f.bytes) + (" unpacked" if f.extract else "")
         files.add_row(escape(f.path), escape(f.dest or "-"), size, str(f.files))
 
     lock = f"lock {'present' if plan.lock_present else 'absent'}: {escape(plan.lock_file)}"
-    checkpoints = [f"[bold]checkpoints[/bold] ({_size(plan.checkpoint_bytes)}; {lock})"]
+    checkpoints = [f"[bold]checkpoints[/bold] ({format_size(plan.checkpoint_bytes)}; {lock})"]
     for c in plan.checkpoints:
         state = f"commit {c.commit[:12]}" if c.commit else ("local folder" if c.source == "local" else "not locked")
-        checkpoints.append(f"  {c.source} {escape(c.name)} -> {escape(c.dest)}  ({_size(c.bytes)}, {state})")
+        checkpoints.append(f"  {c.source} {escape(c.name)} -> {escape(c.dest)}  ({format_size(c.bytes)}, {state})")
         if c.include or c.exclude:
             checkpoints.append(f"    include: {escape(', '.join(c.include) or 'all')}"
                                + (f"; exclude: {escape(', '.join(c.exclude))}" if c.exclude else ""))
-        checkpoints += [f"    {_size(size):>10}  {escape(path)}" for path, size in c.files]
+        checkpoints += [f"    {format_size(size):>10}  {escape(path)}" for path, size in c.files]
     parts: list[object] = [f"[bold]{escape(plan.name)}[/bold] ({escape(plan.recipe)})", mirrors, "\n".join(images),
                            files, "\n".join(checkpoints)]
     parts += [f"[yellow]note:[/yellow] {escape(n)}" for n in plan.notes]

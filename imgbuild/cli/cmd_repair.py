@@ -8,13 +8,9 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from imgbuild.cli.common import JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for
+from imgbuild.cli.common import JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, format_size, progress_for
 from imgbuild.damage import describe
 from imgbuild.repair import RepairOptions, RepairResult, repair_set
-
-
-def _mib(size: float) -> str:
-    return f"{size / 1048576:,.1f} MiB"
 
 
 def render_repair(result: RepairResult) -> str:
@@ -27,8 +23,8 @@ def render_repair(result: RepairResult) -> str:
         lines.append(f"rebuilt: {escape(str(folder))}")
     for iso in result.isos:
         lines.append(f"ISO image: {escape(str(iso))}")
-    lines.append(f"{_mib(result.bytes_decoded)} decoded ({_mib(result.decode_throughput)}/s in the decoder), "
-                 f"{_mib(result.bytes_copied)} copied, {result.seconds:.1f} s in all")
+    lines.append(f"{format_size(result.bytes_decoded)} decoded ({format_size(result.decode_throughput)}/s in the decoder), "
+                 f"{format_size(result.bytes_copied)} copied, {result.seconds:.1f} s in all")
     if result.check is not None:
         lines.append(f"[green]OK[/green]: the rebuilt volumes verify ({result.check.files_checked} files); use them "
                      "together with the intact volumes")

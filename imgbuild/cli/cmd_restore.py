@@ -11,8 +11,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from imgbuild import layout
-from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for,
-                                 stderr)
+from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, format_size,
+                                 progress_for, stderr)
 from imgbuild.engines import connect
 from imgbuild.errors import UsageError
 from imgbuild.load import LoadOptions, LoadResult, VolumeRequest, load_set
@@ -30,21 +30,13 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Move the set's tags even when the engine has them on other images (refused otherwise).")]
 
 
-def _human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def render_verify(report: VerifyReport) -> Table | str:
     lines = [f"set {report.name} ({report.set_id}), manifest {report.manifest_source}",
              f"volumes checked: {', '.join(map(str, report.volumes_checked)) or 'none'} of {report.volume_count}"]
     if report.volumes_not_given:
         lines.append(f"volumes not given (not checked): {', '.join(map(str, report.volumes_not_given))}")
-    lines.append(f"{report.files_checked} files, {report.bytes_checked} bytes ({_human(report.bytes_checked)}) "
-                 f"read and hashed in {report.seconds:.2f} s, {_human(report.throughput)}/s")
+    lines.append(f"{report.files_checked} files, {report.bytes_checked} bytes ({format_size(report.bytes_checked)}) "
+                 f"read and hashed in {report.seconds:.2f} s, {format_size(report.throughput)}/s")
     if report.deep:
         lines.append(f"deep: {report.layers_checked} layers decompressed and their diff ids checked")
         if report.content is not None:
@@ -94,7 +86,7 @@ def ask_volume(request: VolumeRequest) -> Path | None:
 
 def render_load(result: LoadResult) -> str:
     lines = [f"set {result.name} ({result.set_id}) into {result.engine}: {result.layers_sent} layers, "
-             f"{_human(result.bytes_read)} read, {_human(result.bytes_sent)} sent in {result.seconds:.1f} s"]
+             f"{format_size(result.bytes_read)} read, {format_size(result.bytes_sent)} sent in {result.seconds:.1f} s"]
     for image in result.images:
         lines.append(f"{image.status:8} {image.id[:19]} {' '.join(image.tags)}")
     if result.layers_sent:

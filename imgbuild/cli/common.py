@@ -100,6 +100,30 @@ def report_error(exc: BaseException) -> None:
                      highlight=False)
 
 
+def format_size(size: float | None) -> str:
+    """A byte count for people: binary units (KiB = 1,024 bytes), like the media sizes; "?" when unknown."""
+    if size is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{int(size)} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _error_json(exc: BaseException, kwargs: dict[str, Any]) -> None:
+    """With --json, a failed command still prints one JSON document on stdout: the error and its context
+    fields (the message went to stderr as well)."""
+    if not kwargs.get("json_out"):
+        return
+    plain = (str, int, float, bool, type(None))
+    context = {k: v for k, v in vars(exc).items() if not k.startswith("_") and isinstance(v, plain)}
+    error = {"type": type(exc).__name__, **context, "message": str(exc),
+             "exit_code": getattr(exc, "exit_code", 1)}
+    sys.stdout.write(json.dumps({"ok": False, "error": error}, indent=2) + "\n")
+    sys.stdout.flush()
+
+
 def cli_command(fn: F) -> F:
     """Map errors raised by a command to a message and an exit code (0 ok, 1 failure, 2 usage)."""
 
@@ -111,12 +135,14 @@ def cli_command(fn: F) -> F:
             raise
         except ImgbuildError as exc:
             report_error(exc)
+            _error_json(exc, kwargs)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("[bold red]interrupted[/bold red]")
             raise typer.Exit(130) from None
         except Exception as exc:  # noqa: BLE001 - the one place where anything becomes a message
             report_error(exc)
+            _error_json(exc, kwargs)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
