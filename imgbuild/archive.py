@@ -34,7 +34,7 @@ from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.save_stream import SavedArchive, read_save_stream
 from imgbuild.sbom import cyclonedx_json, image_sbom, summarize
 from imgbuild.storage_source import StorageUnavailable, open_store, read_images
-from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
+from imgbuild.volume_docs import SetFacts, docker_manifest, format_doc, readme, restore_script
 from imgbuild.volume_writer import VolumeState, VolumeWriter, file_cost, sums_file, write_file_atomic
 
 SAVE_CHUNK = 4 * 1024 * 1024
@@ -188,12 +188,14 @@ def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, 
                      contents=tuple(summarize(data).summary_lines() for data in sboms))
     restore_bytes = restore_script(facts)
     docker_bytes = docker_manifest(images, layers)
+    spec = format_doc()
     for volume in writer.volumes:
         for image, config, sbom in zip(images, configs, sboms):
             writer.add_file(volume, image.config.path, config)
             writer.add_file(volume, layout.sbom_path(image.number), sbom)
         writer.add_file(volume, layout.DOCKER_MANIFEST_PATH, docker_bytes)
         writer.add_file(volume, layout.RESTORE_NAME, restore_bytes)
+        writer.add_file(volume, layout.FORMAT_DOC_NAME, spec)
         writer.add_file(volume, layout.README_NAME, readme(facts, volume.number))
     return SetManifest(
         set_id=writer.set_id, name=resolved.name, created=facts.created,

@@ -4,6 +4,7 @@ A set is a folder per volume (one disc each) under the output folder::
 
     OUT/<set-id>-vol001/
         README.txt                              how to check and restore, English and Chinese
+        FORMAT.md                               this format's specification (format 3)
         SHA256SUMS                              `sha256sum -c` list of every other file of this volume
         imgbuild-set.json                       the set manifest, byte-identical on every volume
         restore.sh                              POSIX sh restore without imgbuild, identical on every volume
@@ -32,6 +33,8 @@ READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "imgbuild-set.json"
 SUMS_NAME = "SHA256SUMS"
 README_NAME = "README.txt"
+# The format specification itself, on every volume written since format 3 (sets without it are read alike).
+FORMAT_DOC_NAME = "FORMAT.md"
 RESTORE_NAME = "restore.sh"
 IMAGES_DIR = "images"
 BLOBS_DIR = "blobs"
@@ -111,7 +114,7 @@ def parity_part_path(part_number: int) -> str:
 
 def is_parity_volume_path(path: str) -> bool:
     """True when ``path`` is a name a parity volume's file list may hold."""
-    return path == README_NAME or PARITY_PART_RE.match(path) is not None
+    return path in (README_NAME, FORMAT_DOC_NAME) or PARITY_PART_RE.match(path) is not None
 
 
 def catalog_path(catalog_dir: Path, set_id: str) -> Path:
@@ -127,7 +130,7 @@ def partial(path: Path) -> Path:
 def is_data_path(path: str) -> bool:
     """True when ``path`` is a volume-relative name the manifest may list (everything but itself and SUMS)."""
     return (
-        path in (README_NAME, RESTORE_NAME, DOCKER_MANIFEST_PATH)
+        path in (README_NAME, FORMAT_DOC_NAME, RESTORE_NAME, DOCKER_MANIFEST_PATH)
         or CONFIG_RE.match(path) is not None
         or SBOM_RE.match(path) is not None
         or PART_RE.match(path) is not None

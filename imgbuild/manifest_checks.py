@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 def check_set(m: SetManifest) -> None:
     """Every cross-reference check, in the order the fields are read: volumes, format 2, layers, images,
-    format 3 (SBOMs)."""
+    format 3 (SBOMs, FORMAT.md)."""
     _check_volumes(m)
     _check_format2(m)
     _check_layers(m)
     _check_images(m)
     _check_sboms(m)
+    _check_format_doc(m)
 
 
 class Fail(ValueError):
@@ -217,3 +218,15 @@ def _check_sboms(m: SetManifest) -> None:
     for (volume, path) in files:
         if layout.SBOM_RE.match(path) and path not in sbom_paths:
             raise Fail(f"volumes[{volume - 1}].files", f"{path} belongs to no image")
+
+
+def _check_format_doc(m: SetManifest) -> None:
+    """Format 3: FORMAT.md may be on any volume (sets written before it are read alike); where listed, it is the
+    same file everywhere."""
+    listed = [(v.number, f) for v in m.volumes for f in v.files if f.path == layout.FORMAT_DOC_NAME]
+    if listed and m.format_version < layout.FORMAT_VERSION_SBOM:
+        raise Fail(f"volumes[{listed[0][0] - 1}].files", f"{layout.FORMAT_DOC_NAME} needs format version 3")
+    for number, entry in listed[1:]:
+        if (entry.size, entry.sha256) != (listed[0][1].size, listed[0][1].sha256):
+            raise Fail(f"volumes[{number - 1}].files",
+                       f"{layout.FORMAT_DOC_NAME} differs from volume {listed[0][0]}'s (one text on every volume)")

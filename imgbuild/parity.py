@@ -157,14 +157,30 @@ def add_parity_volumes(
                     coefficients=erasure.coefficients(n_data, n_parity))
     draft = manifest.model_copy(update={"parity": parity, "volume_count": n_data + n_parity, "block_size": BLOCK_SIZE,
                                         "format_version": max(manifest.format_version, layout.FORMAT_VERSION_BLOCKS)})
+    spec = _format_doc_of(data[0], volume_dir(data[0].number))
     for j, (folder, writer) in enumerate(zip(folders, writers)):
         number = n_data + j + 1
         parts = writer.close()
         text = (readme or parity_readme)(draft, number)
         write_file_atomic(folder / layout.README_NAME, text)
+        docs = [entry_for_bytes(layout.README_NAME, text)]
+        if spec is not None:  # the same FORMAT.md as the data volumes, so every disc describes the format
+            write_file_atomic(folder / layout.FORMAT_DOC_NAME, spec)
+            docs.append(entry_for_bytes(layout.FORMAT_DOC_NAME, spec))
         volumes.append(Volume(number=number, folder=layout.volume_folder(manifest.set_id, number), role="parity",
-                              files=[entry_for_bytes(layout.README_NAME, text), *parts]))
+                              files=[*docs, *parts]))
     return revalidate(draft.model_copy(update={"volumes": volumes}))
+
+
+def _format_doc_of(volume: Volume, folder: Path) -> bytes | None:
+    """The FORMAT.md a data volume lists (checked against its sha256), or None when it has none."""
+    entry = next((f for f in volume.files if f.path == layout.FORMAT_DOC_NAME), None)
+    if entry is None:
+        return None
+    data = (folder / layout.FORMAT_DOC_NAME).read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise ArchiveError(f"{folder / layout.FORMAT_DOC_NAME} changed after it was written")
+    return data
 
 
 def _with_blocks(volume: Volume, stream: erasure.PayloadStream, folder: Path) -> Volume:

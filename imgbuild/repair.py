@@ -31,6 +31,7 @@ from imgbuild.manifest import FileEntry, SetManifest, Volume
 from imgbuild.parity import check_parity, parity_readme, payload_files, segments
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.verify import VerifyOptions, VerifyReport, verify_set
+from imgbuild.volume_docs import format_doc
 from imgbuild.volume_writer import disk_errors, fsync_dir, sums_file, write_file_atomic
 from imgbuild.volumes import locate_set
 
@@ -236,6 +237,9 @@ class _Rebuild:
             for entry in volume.files:
                 if volume.role == "parity" and entry.path == layout.README_NAME:
                     os.pwrite(self.fds[(number, entry.path)], parity_readme(self.manifest, number), 0)
+                if volume.role == "parity" and entry.path == layout.FORMAT_DOC_NAME and (
+                        (number, entry.path) in self.damaged or number not in self.folders):
+                    os.pwrite(self.fds[(number, entry.path)], self._format_doc(entry), 0)
                 self._seal(staging, number, entry)
             write_file_atomic(staging / layout.MANIFEST_NAME, manifest_bytes)
             write_file_atomic(staging / layout.SUMS_NAME, sums_file(volume.files, manifest_sha))
@@ -247,6 +251,19 @@ class _Rebuild:
             finals.append(final)
         fsync_dir(self.options.out)
         return finals
+
+    def _format_doc(self, entry: FileEntry) -> bytes:
+        """A parity volume's FORMAT.md is in no payload stream: the copy on another volume, or this imgbuild's
+        own when it is the same text (_seal checks the sha256 either way)."""
+        for location in self.folders.values():
+            try:
+                with volume_opener(location)(layout.FORMAT_DOC_NAME) as fh:
+                    data = fh.read(entry.size + 1)
+            except (OSError, ArchiveError):
+                continue
+            if hashlib.sha256(data).hexdigest() == entry.sha256:
+                return data
+        return format_doc()
 
     def _seal(self, staging: Path, number: int, entry: FileEntry) -> None:
         fd = self.fds.pop((number, entry.path))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from importlib import resources
 
 from imgbuild import layout
 from imgbuild.manifest import Image, Layer
@@ -29,6 +30,11 @@ class SetFacts:
     compression_long: bool
     parity_volumes: int = 0
     contents: tuple[str, ...] = ()  # per image, imgbuild.sbom.Contents.summary_lines() (format 3)
+
+
+def format_doc() -> bytes:
+    """FORMAT.md, the specification of this format, as this imgbuild ships it; every volume carries a copy."""
+    return resources.files("imgbuild").joinpath(layout.FORMAT_DOC_NAME).read_bytes()
 
 
 def docker_manifest(images: list[Image], layers: list[Layer]) -> bytes:
@@ -103,7 +109,7 @@ Set name: {facts.name}. It holds these container images (OCI/Docker images):
 {_image_lines(facts)}
 {_contents_section(facts)}
 All {n} volumes are needed to restore the images. Each volume is a folder named {s}-volNNN
-(this one: {layout.volume_folder(s, k)}). The format is described in FORMAT.md of imgbuild
+(this one: {layout.volume_folder(s, k)}). The format is described in FORMAT.md on this disc
 (format imgbuild-set, version {layout.FORMAT_VERSION}); imgbuild-set.json on every disc describes this set.
 
 1. Check this disc
@@ -145,7 +151,7 @@ imgbuild 归档集 {s}  --  第 {k} 卷，共 {n} 卷
 {_image_lines(facts)}
 {"每个镜像的内容清单（SBOM，CycloneDX JSON）：sbom/imageNN.cdx.json；摘要见上文英文部分。" + chr(10) if facts.contents else ""}
 恢复镜像需要全部 {n} 卷。每一卷是一个名为 {s}-volNNN 的文件夹（本卷：{layout.volume_folder(s, k)}）。
-格式说明见 imgbuild 的 FORMAT.md（格式 imgbuild-set，版本 {layout.FORMAT_VERSION}）；每张光盘上的
+格式说明见本光盘上的 FORMAT.md（格式 imgbuild-set，版本 {layout.FORMAT_VERSION}）；每张光盘上的
 imgbuild-set.json 描述了整个归档集。
 
 1. 校验本光盘

@@ -154,3 +154,21 @@ def test_garbage_is_refused(data: bytes) -> None:
 def test_oversized_manifest_is_refused_before_parsing() -> None:
     with pytest.raises(ManifestError, match="more than"):
         parse_manifest(b" " * (layout.MAX_MANIFEST_BYTES + 1), "m.json")
+
+
+def test_format_doc_is_one_text_on_every_volume_and_needs_format_3() -> None:
+    data = valid_manifest()
+    assert data["format_version"] == 1
+    for volume in data["volumes"]:
+        volume["files"].append(_file(layout.FORMAT_DOC_NAME, 300))
+    with pytest.raises(ManifestError, match="FORMAT.md needs format version 3"):
+        parse_manifest(_bytes(data), "m.json")
+    data["format_version"], data["block_size"] = 3, 4096
+    for volume in data["volumes"]:
+        for entry in volume["files"]:
+            entry["blocks"] = ["0" * 64] * -(-entry["size"] // 4096)
+    parse_manifest(_bytes(data), "m.json")
+    data["volumes"][1]["files"][-1]["sha256"] = _h("another text")
+    with pytest.raises(ManifestError, match="differs from volume 1's") as caught:
+        parse_manifest(_bytes(data), "m.json")
+    assert caught.value.field == "volumes[1].files"

@@ -24,6 +24,7 @@ from imgbuild.manifest import SetManifest, parse_manifest
 from imgbuild.parity import ParityOptions, add_parity_volumes
 from imgbuild.repair import RepairOptions, repair_set
 from imgbuild.verify import verify_set
+from imgbuild.volume_docs import format_doc
 from tests.support.synthetic_set import import_random_image, make_set, write_metadata
 
 MIB = 1024 * 1024
@@ -173,3 +174,24 @@ def test_an_intact_set_needs_no_repair(tmp_path: Path) -> None:
     result = repair_set([root], RepairOptions(out=tmp_path / "out"))
     assert result.rebuilt == () and result.recovery.targets == ()
     assert not (tmp_path / "out").exists()
+
+
+def test_format_doc_on_every_volume_is_rebuilt_on_data_and_parity_volumes(tmp_path: Path) -> None:
+    root = tmp_path / "set"
+    spec = format_doc()
+    manifest = make_set(root, [3 * MIB + 5, 2 * MIB, MIB], format_doc=spec)
+    manifest = add_parity_volumes(lambda k: root / layout.volume_folder(manifest.set_id, k), manifest,
+                                  ParityOptions(2))
+    write_metadata(root, manifest)
+    assert manifest.format_version == layout.FORMAT_VERSION
+    for volume in manifest.volumes:  # data and parity volumes alike carry the same FORMAT.md
+        assert (root / volume.folder / layout.FORMAT_DOC_NAME).read_bytes() == spec
+        assert layout.FORMAT_DOC_NAME in [f.path for f in volume.files]
+    shutil.rmtree(root / manifest.volumes[1].folder)
+    parity_doc = root / manifest.volumes[4].folder / layout.FORMAT_DOC_NAME
+    flip_byte(parity_doc, 100)
+    result = repair_set([root], RepairOptions(out=tmp_path / "out"))
+    assert result.recovery.targets == (2, 5)
+    assert result.check is not None and result.check.ok
+    for folder in result.rebuilt:
+        assert (folder / layout.FORMAT_DOC_NAME).read_bytes() == spec

@@ -23,6 +23,7 @@ from imgbuild.cli import app
 from imgbuild.engines import connect
 from imgbuild.errors import ManifestError
 from imgbuild.verify import VerifyOptions, verify_set
+from imgbuild.volume_docs import format_doc
 from tests.conftest import in_ci
 from tests.support.restore_sets import (HOST_VARS, bad_paths, copy_set, flip, manifest_of, parts_of, random_set,
                                         rewrite_manifest)
@@ -75,6 +76,8 @@ def test_intact_set_passes_with_evidence_and_sha256sum_agrees(set_copy: tuple[Pa
     # The manifest archive wrote (the current format version) matches `imgbuild schema --manifest`.
     written = json.loads((volumes[0] / layout.MANIFEST_NAME).read_bytes())
     assert written["format_version"] == layout.FORMAT_VERSION
+    for volume in volumes:  # every disc describes its own format
+        assert (volume / layout.FORMAT_DOC_NAME).read_bytes() == format_doc()
     jsonschema.validate(written, json.loads(CliRunner().invoke(app, ["schema", "--manifest"]).stdout))
 
 

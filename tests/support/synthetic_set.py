@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from imgbuild import layout
+from imgbuild.blockhash import BLOCK_SIZE
 from imgbuild.manifest import SetManifest, dump_manifest, parse_manifest
 
 SET_ID = "0123456789abcdef"
@@ -23,8 +24,16 @@ def _write(folder: Path, rel: str, data: bytes) -> dict[str, object]:
     return {"path": rel, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SET_ID) -> SetManifest:
-    """Data volumes whose one layer has a part of each given size on each volume (volume_sizes[i] bytes)."""
+def _with_blocks(entry: dict[str, object], data: bytes) -> dict[str, object]:
+    blocks = [hashlib.sha256(data[i:i + BLOCK_SIZE]).hexdigest() for i in range(0, len(data), BLOCK_SIZE)]
+    return dict(entry, blocks=blocks)
+
+
+def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SET_ID,
+             format_doc: bytes | None = None) -> SetManifest:
+    """Data volumes whose one layer has a part of each given size on each volume (volume_sizes[i] bytes).
+
+    Format 1; with ``format_doc``, format 3 with block hashes and that text as FORMAT.md on every volume."""
     rng = __import__("random").Random(seed)
     config = json.dumps({"architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
     config_sha = hashlib.sha256(config).hexdigest()
@@ -39,11 +48,14 @@ def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SE
         part = _write(folder, layout.part_path(1, number), data)
         parts.append(dict(part, volume=number, offset=offset))
         offset += size
-        files = [part,
-                 _write(folder, layout.DOCKER_MANIFEST_PATH, b'[{"Config": "config01.json"}]'),
-                 _write(folder, layout.config_path(1), config),
-                 _write(folder, layout.RESTORE_NAME, b"#!/bin/sh\necho restore\n"),
-                 _write(folder, layout.README_NAME, f"volume {number}\n".encode())]
+        contents = [(layout.DOCKER_MANIFEST_PATH, b'[{"Config": "config01.json"}]'), (layout.config_path(1), config),
+                    (layout.RESTORE_NAME, b"#!/bin/sh\necho restore\n")]
+        if format_doc is not None:
+            contents.append((layout.FORMAT_DOC_NAME, format_doc))
+        contents.append((layout.README_NAME, f"volume {number}\n".encode()))
+        files = [part, *(_write(folder, rel, data) for rel, data in contents)]
+        if format_doc is not None:
+            files = [_with_blocks(part, data), *(_with_blocks(e, d) for e, (_, d) in zip(files[1:], contents))]
         volumes.append({"number": number, "folder": folder.name, "role": "data", "files": files})
     raw = {
         "format": "imgbuild-set", "format_version": 1, "set_id": set_id, "name": "synthetic",
@@ -59,6 +71,8 @@ def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SE
                     "compressed_sha256": stream.hexdigest(), "parts": parts}],
         "recipe": None,
     }
+    if format_doc is not None:
+        raw.update(format_version=3, block_size=BLOCK_SIZE)
     return parse_manifest(json.dumps(raw).encode(), "synthetic")
 
 
