@@ -77,7 +77,7 @@ def _check_format2(m: SetManifest) -> None:
             raise Fail("format_version", "1 has no parity volumes; they need version 2")
         return
     if m.block_size is None:
-        raise Fail("block_size", "is required in format version 2")
+        raise Fail("block_size", f"is required in format version {m.format_version}")
     for v_index, volume in enumerate(m.volumes):
         for f_index, entry in enumerate(volume.files):
             want = -(-entry.size // m.block_size)

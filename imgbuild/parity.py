@@ -122,7 +122,7 @@ def add_parity_volumes(
     ``volume_dir(k)`` is the folder volume k is being written in (archive's ``.partial`` folders); the
     parity volumes' folders are created there. Reading the data volumes for the code also hashes them:
     a data file whose sha256 is no longer the one in the manifest stops the archive (the disk changed it),
-    and files without block hashes get them. The result is a format 2 manifest. ``readme(manifest, k)``
+    and files without block hashes get them. The result is a format 2 manifest, or format 3 when the data volumes' was. ``readme(manifest, k)``
     renders a parity volume's README.txt (default: parity_readme). A rerun rewrites the parity volumes.
     """
     data = list(manifest.volumes)
