@@ -259,6 +259,7 @@ def main() -> int:
     bandwidth = copy_bandwidth()
     results = [run_child("engine", args, checkpoint, ref)]
     show(results[0])
+    sys.stdout.flush()
     if not args.skip_fish:
         results.append(run_child("fish-api", args, checkpoint, ref))
         show(results[1])
