@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from imgbuild.download import DownloadOptions, blob_path, download_checkpoints, lock_checkpoints
-from imgbuild.errors import ChecksumMismatch, DownloadError
+from imgbuild.errors import ChecksumMismatch, DownloadError, RecipeError
 from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LockedFile, lock_path_for, read_lock
 from imgbuild.progress import ProgressEvent
 from imgbuild.stage import prepare_checkpoints
@@ -218,9 +218,10 @@ def test_local_checkpoint_is_hashed_locked_and_verified(tmp_path: Path) -> None:
 
 
 def test_unsafe_paths_are_refused(tmp_path: Path, hub: HubServer) -> None:
-    loaded, options = _setup(tmp_path, hub, {"repo": "org/voice", "dest": "../outside"})
-    with pytest.raises(DownloadError, match="unsafe path"):
-        lock_checkpoints(loaded, options)
+    """A dest outside the app folder is refused when the recipe is read, before anything is fetched."""
+    with pytest.raises(RecipeError, match=r"dest must be a relative path inside the app folder") as refused:
+        _setup(tmp_path, hub, {"repo": "org/voice", "dest": "../outside"})
+    assert refused.value.line is not None and refused.value.key == "app.checkpoints[0].dest"
     assert LockedFile("a", 1, git_sha1="ab").digest == ("git-sha1", "ab")
 
 
