@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
 
 from imgbuild import layout
+from imgbuild.cli import app
+from imgbuild.errors import ManifestError
 from imgbuild.verify import verify_set
 from tests.support import synthetic_set
-from tests.support.restore_sets import bad_paths, flip
+from tests.support.restore_sets import bad_paths, flip, rewrite_manifest
 
 SIZES = [3000, 2000, 1000]
 
@@ -71,3 +77,29 @@ def test_sums_that_disagree_with_the_manifest_are_named(tmp_path: Path) -> None:
     details = [p.detail for p in report.problems if p.kind == "sums"]
     assert any("the manifest says" in d for d in details) and any("forged.bin" in d for d in details)
     assert bad_paths(report) == {str(sums)}
+
+
+@pytest.mark.parametrize("path", ["../outside.bin", "/etc/passwd", "blobs/../../x", "blobs\\layer0001.tar.zst.part001"])
+def test_hostile_paths_are_refused_before_reading(tmp_path: Path, path: str) -> None:
+    out, volumes = written_set(tmp_path)
+
+    def hostile(raw: dict[str, Any]) -> None:
+        raw["volumes"][0]["files"][0]["path"] = path
+
+    rewrite_manifest(volumes, hostile, check=False)
+    with pytest.raises(ManifestError) as info:
+        verify_set([out])
+    assert info.value.field == "volumes[0].files[0].path"
+    result = CliRunner().invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1 and "volumes[0].files[0].path" in result.output
+
+
+def test_symlinked_part_is_reported_not_followed(tmp_path: Path) -> None:
+    out, volumes = written_set(tmp_path)
+    part = part_of(volumes[0])
+    elsewhere = tmp_path / "elsewhere.bin"
+    shutil.copyfile(part, elsewhere)  # same bytes: only the link itself is wrong
+    part.unlink()
+    part.symlink_to(elsewhere)
+    report = verify_set([out])
+    assert [(p.kind, p.path) for p in report.problems] == [("symlink", str(part))]

@@ -35,9 +35,12 @@ def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SE
 
     Format 1; with ``format_doc``, format 3 with block hashes and that text as FORMAT.md on every volume."""
     rng = __import__("random").Random(seed)
-    config = json.dumps({"architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    config_sha = hashlib.sha256(config).hexdigest()
     diff_id = "sha256:" + hashlib.sha256(b"layer").hexdigest()
+    # The config and images/manifest.json say what the manifest says (verify and load cross-check them).
+    config = json.dumps({"architecture": "amd64", "rootfs": {"type": "layers", "diff_ids": [diff_id]}}).encode()
+    config_sha = hashlib.sha256(config).hexdigest()
+    docker = json.dumps([{"Config": layout.config_name(1), "RepoTags": ["localhost/synthetic:1"],
+                          "Layers": [layout.layer_name(1)]}]).encode()
     volumes, parts, stream = [], [], hashlib.sha256()
     offset = 0
     for index, size in enumerate(volume_sizes):
@@ -48,7 +51,7 @@ def make_set(out: Path, volume_sizes: list[int], seed: int = 1, set_id: str = SE
         part = _write(folder, layout.part_path(1, number), data)
         parts.append(dict(part, volume=number, offset=offset))
         offset += size
-        contents = [(layout.DOCKER_MANIFEST_PATH, b'[{"Config": "config01.json"}]'), (layout.config_path(1), config),
+        contents = [(layout.DOCKER_MANIFEST_PATH, docker), (layout.config_path(1), config),
                     (layout.RESTORE_NAME, b"#!/bin/sh\necho restore\n")]
         if format_doc is not None:
             contents.append((layout.FORMAT_DOC_NAME, format_doc))
