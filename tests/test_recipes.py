@@ -4,7 +4,7 @@ their sources say (fish-speech's API flags and files, SparkTTS's model folder).
 The real-model recipes need the user's files (source zips, voices, a LoRA folder) and a folder or page of
 CPU torch wheels, named by environment variables. `check` stays strict: without them it names the variable
 and the line. Here they point at small placeholder files made in a temporary folder; the images are not
-built (their sources and weights are out of reach of this machine).
+built (their sources and weights are not on the test machine).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ CONTAINERFILES = [REPO / "Containerfiles" / name for name in ("fish-speech.Conta
                                                                "fish-speech-lora.Containerfile")]
 INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "EXPOSE", "CMD", "ENTRYPOINT", "LABEL",
                 "USER", "VOLUME", "SHELL", "HEALTHCHECK", "STOPSIGNAL", "ONBUILD"}
-# The files of fishaudio/fish-speech-1.2-sft the story's image used (README.md aside).
+# The files of fishaudio/fish-speech-1.2-sft the fish-speech 1.2 image uses (README.md aside).
 FISH_12_FILES = {"config.json", "model.pth", "firefly-gan-vq-fsq-4x1024-42hz-generator.pth", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json"}
 STORY_COMMAND = ("python3 -m tools.api --listen 0.0.0.0:8080 --llama-checkpoint-path checkpoints/fish-speech-1.2-sft "
