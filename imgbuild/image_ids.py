@@ -10,7 +10,6 @@ config bytes the engine stored, so two images that agree on all of it run the sa
 
 from __future__ import annotations
 
-import functools
 import json
 import re
 from datetime import datetime
@@ -26,22 +25,22 @@ from imgbuild.errors import EngineError
 CONTAINERD_DRIVER_TYPE = "io.containerd.snapshotter.v1"
 
 
-@functools.lru_cache(maxsize=32)
-def _store_of(host: str, version: str, kind: str, driver_status: str) -> str:
-    if kind == "podman":
-        return "podman"
-    return "containerd" if CONTAINERD_DRIVER_TYPE in driver_status else "classic"
+_stores: dict[tuple[str, str], str] = {}  # (host, version) -> store: asked once per process
 
 
 def image_store(engine: Engine) -> str:
     """"podman", "classic" (Docker Engine's graph drivers) or "containerd" (Docker's containerd image store)."""
     if engine.kind == "podman":
         return "podman"
-    try:
-        info = engine.api.info()
-    except (docker.errors.DockerException, OSError) as exc:
-        raise EngineError(f"{display_name(engine)} at {engine.host}: cannot read its info: {exc}") from exc
-    return _store_of(engine.host, engine.version, engine.kind, json.dumps(info.get("DriverStatus") or []))
+    key = (engine.host, engine.version)
+    if key not in _stores:
+        try:
+            info = engine.api.info()
+        except (docker.errors.DockerException, OSError) as exc:
+            raise EngineError(f"{display_name(engine)} at {engine.host}: cannot read its info: {exc}") from exc
+        status = json.dumps(info.get("DriverStatus") or [])
+        _stores[key] = "containerd" if CONTAINERD_DRIVER_TYPE in status else "classic"
+    return _stores[key]
 
 
 def describe(engine: Engine) -> str:

@@ -89,6 +89,17 @@ def test_the_engines_tested_with_are_not_warned_about(engine) -> None:
     assert untested_version_warning(engine) is None, engine.version
 
 
+@pytest.mark.newer_engines
+def test_the_image_store_is_recognised(engine) -> None:
+    from imgbuild.image_ids import describe, image_store
+
+    expected = "podman" if engine.kind == "podman" else "classic"
+    if engine.host == os.environ.get("IMGBUILD_TEST_DOCKER26C_HOST"):
+        expected = "containerd"
+    assert image_store(engine) == expected
+    assert engine.version in describe(engine) and ("containerd" in describe(engine)) == (expected == "containerd")
+
+
 def test_connect_reports_kind_and_version(engine) -> None:
     assert engine.kind in ("podman", "docker")
     assert engine.version
