@@ -1,18 +1,14 @@
-"""Put locked checkpoints into an app build context: each entry's files under its `dest`, and the lock.
-
-Hub files come from the verified cache (a hard link when the cache is on the same file system, else a
-copy); local files are hashed again first, so a folder changed since it was locked is caught. The lock goes
-into the context as CHECKPOINTS_LOCK_NAME; its sha256 becomes the image label org.imgbuild.checkpoints-lock.
+"""Locked checkpoints for an app build context: each entry's files under its `dest`, and the lock.
 
 `checkpoint_inputs` is what build.py calls before the app layer: it returns (source, DEST/PATH) pairs that
-the build context places under the app folder, so nothing is copied twice.
+the build context places under the app folder (imgbuild.buildcontext.place: hard links where it can), so
+nothing is copied twice. Hub files come from the verified cache; local files are hashed again first, so a
+folder changed since it was locked is caught. The lock goes into the context as CHECKPOINTS_LOCK_NAME; its
+sha256 becomes the image label org.imgbuild.checkpoints-lock.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,27 +16,10 @@ from typing import Any
 from imgbuild.download import (DownloadOptions, DownloadResult, blob_path, download_checkpoints, hash_file,
                                local_files)
 from imgbuild.errors import ChecksumMismatch, DownloadError
-from imgbuild.atomicfile import write_atomic
 from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, Lock, LockedFile, read_lock
 from imgbuild.progress import ProgressCallback, no_progress
 
 RELOCK = "the local checkpoint changed since it was locked; `imgbuild download --update RECIPE` locks it again"
-
-
-@dataclass(frozen=True)
-class StageResult:
-    lock_file: Path  # the lock inside the build context
-    lock_sha256: str
-    files: int
-    bytes: int
-    download: DownloadResult | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        data = {"lock_file": str(self.lock_file), "lock_sha256": self.lock_sha256, "files": self.files,
-                "bytes": self.bytes}
-        if self.download is not None:
-            data["download"] = self.download.to_json()
-        return data
 
 
 @dataclass(frozen=True)
@@ -69,16 +48,6 @@ def checkpoint_inputs(loaded: Any, options: DownloadOptions = DownloadOptions(),
     return CheckpointInputs(tuple(pairs), {LOCK_LABEL: result.lock_sha256}, result)
 
 
-def prepare_checkpoints(loaded: Any, target_dir: Path, options: DownloadOptions = DownloadOptions(),
-                        progress: ProgressCallback = no_progress) -> StageResult:
-    """Lock and download the recipe's checkpoints, then stage them into target_dir."""
-    result = download_checkpoints(loaded, options, progress)
-    lock = read_lock(result.lock_path)
-    assert lock is not None
-    staged = stage_checkpoints(loaded, lock, target_dir, options, progress)
-    return StageResult(staged.lock_file, staged.lock_sha256, staged.files, staged.bytes, result)
-
-
 def checkpoint_files(loaded: Any, lock: Lock, options: DownloadOptions = DownloadOptions(),
                      progress: ProgressCallback = no_progress) -> list[tuple[Path, str]]:
     """(source, DEST/PATH) of every locked file: verified cache blobs, and local files re-hashed now so that
@@ -104,37 +73,12 @@ def checkpoint_files(loaded: Any, lock: Lock, options: DownloadOptions = Downloa
     return pairs
 
 
-def stage_checkpoints(loaded: Any, lock: Lock, target_dir: Path, options: DownloadOptions = DownloadOptions(),
-                      progress: ProgressCallback = no_progress) -> StageResult:
-    """Place every locked file at target_dir/<dest>/<path> and the lock at target_dir/CHECKPOINTS_LOCK_NAME."""
-    pairs = checkpoint_files(loaded, lock, options, progress)
-    for source, name in pairs:
-        target = target_dir / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        _link_or_copy(source, target)
-    data = lock.dumps().encode()
-    lock_file = target_dir / CHECKPOINTS_LOCK_NAME
-    write_atomic(lock_file, data)
-    return StageResult(lock_file, hashlib.sha256(data).hexdigest(), len(pairs),
-                       sum(f.size for c in lock.checkpoints for f in c.files))
-
-
 class _Patterns:
     """The include/exclude patterns of a locked local entry, shaped like a LocalCheckpoint for _local_files."""
 
     def __init__(self, key: dict[str, Any]) -> None:
         self.include = key.get("include") or []
         self.exclude = key.get("exclude") or []
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    partial = target.with_name(target.name + ".partial")
-    partial.unlink(missing_ok=True)
-    try:
-        os.link(source, partial)
-    except OSError:
-        shutil.copyfile(source, partial)
-    os.replace(partial, target)
 
 
 def _verify_local(source: Path, file: LockedFile, progress: ProgressCallback, task: str) -> None:

@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild.buildcontext import place
 from imgbuild.download import DownloadOptions, blob_path, download_checkpoints, lock_checkpoints
 from imgbuild.errors import ChecksumMismatch, DownloadError, RecipeError
-from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LockedFile, lock_path_for, read_lock
-from imgbuild.progress import ProgressEvent
-from imgbuild.stage import prepare_checkpoints
+from imgbuild.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, LockedFile, lock_path_for, read_lock
+from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
+from imgbuild.stage import CheckpointInputs, checkpoint_inputs
 from imgbuild.transfer import TransferOptions
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import Fault, HubServer
@@ -60,6 +61,15 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def stage_into(loaded: object, target: Path, options: DownloadOptions,
+               progress: ProgressCallback = no_progress) -> CheckpointInputs:
+    """What build does with the checkpoints: lock, download, and place them in the app's build context."""
+    inputs = checkpoint_inputs(loaded, options, progress)
+    for source, name in inputs.extra_context:
+        place(source, target / name)
+    return inputs
+
+
 def _model(server: HubServer) -> bytes:
     return server.store.repos[("model", "org/voice")].files["model.pth"].read(0, 10**9)
 
@@ -67,7 +77,7 @@ def _model(server: HubServer) -> bytes:
 def test_download_locks_and_stages(hub: HubServer, tmp_path: Path) -> None:
     loaded, options = _setup(tmp_path, hub)
     events: list[ProgressEvent] = []
-    result = prepare_checkpoints(loaded, tmp_path / "ctx", options, events.append)
+    result = stage_into(loaded, tmp_path / "ctx", options, events.append)
     lock = read_lock(lock_path_for(Path(loaded.path)))
     entry = lock.checkpoints[0]
     assert entry.commit == hub.store.repos[("model", "org/voice")].branches["main"]
@@ -80,7 +90,7 @@ def test_download_locks_and_stages(hub: HubServer, tmp_path: Path) -> None:
     assert (staged / "config.json").read_bytes() == b'{"sample_rate": 44100}\n'
     in_context = (tmp_path / "ctx" / CHECKPOINTS_LOCK_NAME).read_bytes()
     assert in_context == lock_path_for(Path(loaded.path)).read_bytes()
-    assert result.lock_sha256 == _sha(in_context)
+    assert result.labels[LOCK_LABEL] == _sha(in_context)
     totals = [e for e in events if e.task == "checkpoints"]
     assert totals[-1].done == totals[-1].total == 3_000_000 + 23
     assert {e.task for e in events if e.finished} >= {"checkpoints/voice/model.pth", "checkpoints/voice/config.json"}
@@ -174,9 +184,9 @@ def test_lock_pins_the_commit_until_update(hub: HubServer, tmp_path: Path) -> No
     updated, _, changed = lock_checkpoints(loaded, replace(options, update=True))
     assert changed and updated.checkpoints[0].commit != first.checkpoints[0].commit
     # The old commit is still served: a build from the old lock gets the old bytes.
-    staged = prepare_checkpoints(loaded, tmp_path / "ctx", options)
+    staged = stage_into(loaded, tmp_path / "ctx", options)
     assert (tmp_path / "ctx/checkpoints/voice/config.json").read_bytes() == b'{"sample_rate": 22050}\n'
-    assert staged.lock_sha256 == _sha(path.read_bytes())
+    assert staged.labels[LOCK_LABEL] == _sha(path.read_bytes())
 
 
 def test_token_goes_to_the_hub_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -202,7 +212,7 @@ def test_local_checkpoint_is_hashed_locked_and_verified(tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "recipe", [{"path": "merged", "exclude": ["*.txt"], "dest": "checkpoints/m"}])
     loaded = load(recipe)
     options = DownloadOptions(cache_dir=tmp_path / "cache")
-    prepare_checkpoints(loaded, tmp_path / "ctx", options)
+    stage_into(loaded, tmp_path / "ctx", options)
     lock = read_lock(lock_path_for(recipe))
     assert {f.path: f.sha256 for f in lock.checkpoints[0].files} == {
         "model.pth": _sha((merged / "model.pth").read_bytes()), "sub/config.json": _sha(b"{}")}
@@ -210,10 +220,10 @@ def test_local_checkpoint_is_hashed_locked_and_verified(tmp_path: Path) -> None:
     assert not (tmp_path / "ctx/checkpoints/m/notes.txt").exists()
     (merged / "sub" / "config.json").write_bytes(b"{ }")
     with pytest.raises(ChecksumMismatch, match="config.json"):
-        prepare_checkpoints(loaded, tmp_path / "ctx2", options)
+        stage_into(loaded, tmp_path / "ctx2", options)
     from dataclasses import replace
 
-    prepare_checkpoints(loaded, tmp_path / "ctx3", replace(options, update=True))
+    stage_into(loaded, tmp_path / "ctx3", replace(options, update=True))
     assert (tmp_path / "ctx3/checkpoints/m/sub/config.json").read_bytes() == b"{ }"
 
 
@@ -292,7 +302,7 @@ def test_equal_files_are_fetched_once(hub: HubServer, tmp_path: Path) -> None:
     recipe = write_recipe(tmp_path / "recipe", [{"repo": "org/voice", "dest": "a"},
                                                 {"repo": "org/voice", "include": ["*.pth"], "dest": "b"}],
                           mirror=hub.endpoint)
-    result = prepare_checkpoints(load(recipe), tmp_path / "ctx", DownloadOptions(cache_dir=tmp_path / "cache"))
+    result = stage_into(load(recipe), tmp_path / "ctx", DownloadOptions(cache_dir=tmp_path / "cache"))
     actions = {(f.dest, f.path): f.action for f in result.download.files}
     assert actions == {("a", "config.json"): "downloaded", ("a", "model.pth"): "downloaded",
                        ("b", "model.pth"): "shared"}
