@@ -72,7 +72,7 @@ def spark_server(tmp_path_factory: pytest.TempPathFactory):
     write_tone_voice(ref_data, "alice", "calm")
     port = _free_port()
     log_path = tmp / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(src)}
+    env = {**os.environ, "PYTHONPATH": str(src), "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log:
         # --no-preencode: the first request encodes the reference, so the cache is seen working.
         proc = subprocess.Popen([python, "-m", "imgbuild_runtime", "--engine", "sparktts",
@@ -99,6 +99,8 @@ def spark_server(tmp_path_factory: pytest.TempPathFactory):
 
 def test_cloned_voice_speech_and_cached_reference(spark_server) -> None:
     base, log_path = spark_server
+    log = log_path.read_text(errors="replace")
+    assert "ready in" in log and "Missing tensor" not in log and "Unexpected tensor" not in log, log[-3000:]
     health = httpx.get(f"{base}/health").json()
     assert health["reference_cache"]["encoded"] == 0
     body = {"model": "tts-1", "input": "Hi.", "voice": "alice/calm", "response_format": "wav"}
