@@ -219,33 +219,43 @@ def _file_path(root: Path, name: str) -> Path:
     return root / clean
 
 
-def layer_chunks(layer: StoredLayer, entries: list[_Entry]) -> Iterator[bytes]:
-    """The layer's tar stream in pieces of about CHUNK bytes: headers from tar-split, contents from files."""
-    pending = bytearray()
+def layer_chunks(layer: StoredLayer, entries: list[_Entry]) -> Iterator[bytearray]:
+    """The layer's tar stream in pieces of CHUNK bytes (the last one shorter): headers from tar-split,
+    contents read straight into the piece being filled (one copy from the page cache, none after)."""
+    piece = bytearray(CHUNK)
+    view = memoryview(piece)
+    fill = 0
     for entry in entries:
         if entry.segment is not None:
-            pending += entry.segment
-        else:
-            path = _file_path(layer.files, entry.name)
-            left = entry.size
-            try:
-                with open(path, "rb", buffering=0) as handle:
-                    while left:
-                        piece = handle.read(min(left, CHUNK))
-                        if not piece:
-                            raise LayerUnreadable(f"{path} is shorter than layer {layer.diff_id} says")
-                        pending += piece
-                        left -= len(piece)
-                        if len(pending) >= CHUNK:
-                            yield bytes(pending)
-                            pending.clear()
-            except OSError as exc:
-                raise LayerUnreadable(f"cannot read {path} of layer {layer.diff_id}: {exc}") from exc
-        if len(pending) >= CHUNK:
-            yield bytes(pending)
-            pending.clear()
-    if pending:
-        yield bytes(pending)
+            data = memoryview(entry.segment)
+            while data:
+                taken = min(len(data), CHUNK - fill)
+                view[fill:fill + taken] = data[:taken]
+                fill += taken
+                data = data[taken:]
+                if fill == CHUNK:
+                    yield piece
+                    piece, fill = bytearray(CHUNK), 0
+                    view = memoryview(piece)
+            continue
+        path = _file_path(layer.files, entry.name)
+        left = entry.size
+        try:
+            with open(path, "rb", buffering=0) as handle:
+                while left:
+                    got = handle.readinto(view[fill:fill + min(left, CHUNK - fill)])
+                    if not got:
+                        raise LayerUnreadable(f"{path} is shorter than layer {layer.diff_id} says")
+                    fill += got
+                    left -= got
+                    if fill == CHUNK:
+                        yield piece
+                        piece, fill = bytearray(CHUNK), 0
+                        view = memoryview(piece)
+        except OSError as exc:
+            raise LayerUnreadable(f"cannot read {path} of layer {layer.diff_id}: {exc}") from exc
+    if fill:
+        yield piece[:fill]
 
 
 class Prefetched:
@@ -254,7 +264,7 @@ class Prefetched:
 
     def __init__(self, layer: StoredLayer, depth: int = 8) -> None:
         self.layer = layer
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+        self._queue: queue.Queue[bytearray | BaseException | None] = queue.Queue(depth)
         self._size: int | BaseException | None = None
         self._sized = threading.Event()
         self._stop = threading.Event()
