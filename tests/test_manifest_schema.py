@@ -54,3 +54,32 @@ def test_the_schema_refuses_what_the_parser_refuses_by_field(tmp_path: Path, cha
     change(raw)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(raw, cli_schema())
+
+
+def _limits_table() -> dict[str, str]:
+    """FORMAT.md's table of limits: first column (without backquotes) -> second column."""
+    text = (Path(__file__).resolve().parent.parent / "FORMAT.md").read_text()
+    section = text.split("### Limits", 1)[1].split("\n\n", 2)[1]
+    rows = [line.strip("|").split("|") for line in section.splitlines()[2:]]
+    return {what.strip().replace("`", ""): limit.strip() for what, limit in rows}
+
+
+def test_format_md_states_the_limits_the_parser_enforces() -> None:
+    table, schema = _limits_table(), cli_schema()
+    defs, props = schema["$defs"], schema["properties"]
+    level = defs["Compression"]["properties"]["level"]
+    window = defs["Compression"]["properties"]["window_log"]["anyOf"][0]
+    assert table["images"].startswith(f"1..{props['images']['maxItems']} ")
+    assert table["images"].startswith(f"1..{layout.MAX_IMAGES} ")
+    assert table["layers"].startswith(f"0..{layout.MAX_LAYERS:,} ")
+    assert table["volumes"].startswith(f"1..{props['volume_count']['maximum']} ")
+    assert table["parts of one layer"].startswith(f"1..{layout.MAX_PARTS_PER_LAYER} ")
+    assert table["one part, one parity part"].startswith(f"1..{layout.MAX_PART_SIZE:,} bytes")
+    assert f"({defs['ConfigFile']['properties']['size']['maximum']:,} bytes)" in table["image config"]
+    assert f"({layout.MAX_SBOM_BYTES:,} bytes)" in table["image SBOM"]
+    assert f"({layout.MAX_MANIFEST_BYTES:,} bytes)" in table["the manifest file"]
+    assert table["compression.level"] == f"integer {level['minimum']}..{level['maximum']}"
+    assert table["compression.window_log"] == f"null or integer {window['minimum']}..{window['maximum']}"
+    assert defs["TextFile"]["properties"]["text"]["maxLength"] == 4_194_304
+    assert table["images[].tags[]"].startswith(f"at most {defs['Image']['properties']['tags']['items']['maxLength']} ")
+    assert f"`{props['name']['pattern']}`" in table["name"]
