@@ -21,7 +21,6 @@ from typer.testing import CliRunner
 from imgbuild import layout
 from imgbuild.cli import app
 from imgbuild.engines import connect
-from imgbuild.errors import ManifestError
 from imgbuild.verify import VerifyOptions, verify_set
 from imgbuild.volume_docs import format_doc
 from tests.conftest import in_ci
