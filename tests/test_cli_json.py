@@ -81,3 +81,11 @@ def test_json_output_is_exactly_one_document(command: str, case: int, sets: dict
         assert document["ok"] is False and document["error"]["type"] == expected
         assert document["error"]["message"] and document["error"]["message"] in result.stderr
         assert document["error"]["exit_code"] == exit_code
+
+
+def test_a_listed_command_module_that_is_missing_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgbuild.cli as cli
+
+    monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "cmd_missing"])
+    with pytest.raises(ModuleNotFoundError, match="cmd_missing"):
+        cli._register()
