@@ -26,6 +26,7 @@ import pytest
 from imgbuild import hostconfig
 from imgbuild.bootstrap import BootstrapOptions, bootstrap_image
 from imgbuild.engines import Engine, connect
+from imgbuild.image_ids import image_store
 from imgbuild.recipe_model import Bootstrap
 
 ENGINE_HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST",
@@ -97,10 +98,16 @@ def _remove_dangling_leftovers(engine: Engine, since: float) -> None:
 
     A layer rebuilt under the same tag, or a rootfs imported again, leaves its predecessor untagged; tests
     remove the tags they made, so these would pile up on the engine. Only images that carry imgbuild's
-    labels, have no tag and were created during this session are touched.
+    labels, have no tag and were created during this session are touched. In Docker's containerd image store
+    the classic builder's step images outlive the image built from them, so there untagged intermediate
+    images are removed too (newest first: a step's image before the one it was built on).
     """
     leftovers = []
-    for image in engine.api.images(filters={"dangling": True, "label": "org.imgbuild.role"}):
+    listed = engine.api.images(filters={"dangling": True, "label": "org.imgbuild.role"})
+    if image_store(engine) == "containerd":
+        listed = [i for i in engine.api.images(all=True, filters={"label": "org.imgbuild.role"})
+                  if not [t for t in i.get("RepoTags") or [] if t != "<none>:<none>"]]
+    for image in sorted(listed, key=lambda i: -i.get("Created", 0)):
         if image.get("Created", 0) >= since - 1:
             leftovers.append(image["Id"])
     for image_id in leftovers:
