@@ -1,7 +1,7 @@
 """The CLI contract: every command that takes --json prints exactly one JSON document on stdout, whether
 it succeeds or fails (a failure's document is {"ok": false, "error": {...}} with the error's context
-fields); messages and progress go to stderr. (Arguments the parser itself refuses, exit code 2, print the
-usage message on stderr and nothing on stdout.) Unit tier: engines are named by a socket that does not exist,
+fields; arguments the parser refuses give {"ok": false, "error": {"type": "UsageError", ...}} and exit
+code 2); messages and progress go to stderr. Unit tier: engines are named by a socket that does not exist,
 so the commands that need one fail cleanly."""
 
 from __future__ import annotations
@@ -89,3 +89,13 @@ def test_a_listed_command_module_that_is_missing_is_an_error(monkeypatch: pytest
     monkeypatch.setattr(cli, "COMMAND_MODULES", [*cli.COMMAND_MODULES, "cmd_missing"])
     with pytest.raises(ModuleNotFoundError, match="cmd_missing"):
         cli._register()
+
+
+@pytest.mark.parametrize("args", [["verify", "--json", "--no-such-option", "x"], ["load", "--json"],
+                                  ["archive", "--json", "img", "--media", "bd25", "--level", "many"]])
+def test_arguments_the_parser_refuses_give_one_json_document(args: list[str]) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    document = json.loads(result.stdout)
+    assert document["ok"] is False and document["error"]["type"] == "UsageError"
+    assert document["error"]["message"] and "Usage:" in result.stderr

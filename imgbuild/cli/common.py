@@ -31,11 +31,39 @@ from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
+from typer.core import TyperGroup
+from typer.rich_utils import rich_format_error
+
+try:  # typer 0.2x parses with its own copy of click; earlier typer with click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
 
 from imgbuild.errors import BuildFailed, ImgbuildError
 from imgbuild.progress import ProgressCallback, ProgressEvent
 
+class _JsonUsageErrors(TyperGroup):
+    """With --json, arguments the parser refuses (exit code 2) also give one JSON document on stdout."""
+
+    def main(self, args: Any = None, *rest: Any, standalone_mode: bool = True, **extra: Any) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        if not standalone_mode or "--json" not in argv:
+            return super().main(argv, *rest, standalone_mode=standalone_mode, **extra)
+        try:
+            result = super().main(argv, *rest, standalone_mode=False, **extra)
+        except ClickException as exc:
+            rich_format_error(exc)
+            sys.stdout.write(json.dumps({"ok": False, "error": {"type": "UsageError", "message": exc.format_message(),
+                                                               "exit_code": exc.exit_code}}, indent=2) + "\n")
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            stderr.print("[bold red]aborted[/bold red]")
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)  # standalone_mode=False returns Exit's code
+
+
 app = typer.Typer(
+    cls=_JsonUsageErrors,
     name="imgbuild",
     help="Turn a YAML recipe into container images, archive them onto optical discs, load and run them offline.",
     no_args_is_help=True,
