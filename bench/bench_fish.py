@@ -9,8 +9,9 @@ Measured, each in its own process (so peak RSS is its own):
   (a) fish-speech 1.2's tools.api as seed 000 runs it: its module's `inference()` with the models its
       __main__ loads (`--device cpu`, no `--half`: bf16), streaming as /v1/invoke does. Its HTTP layer and
       its warm-up (which generates until <|im_end|> or 4096 tokens, i.e. forever on random weights) are left
-      out. tools.api imports tools.auto_rerank, which imports funasr at module level; /v1/invoke never
-      calls it, so an empty funasr module stands in for that import.
+      out; a warm-up of 8 tokens stands in for the latter ((c) warms up as the server does). tools.api
+      imports tools.auto_rerank, which imports funasr at module level; /v1/invoke never calls it, so an
+      empty funasr module stands in for that import.
   (b) tools.api has no fp32 switch: `--half` selects fp16, so there is no (b) row.
   (c) the bundled engine (imgbuild_runtime.fish_engine) at the precision it chooses on this CPU.
 Each with no reference voice, then a reference voice twice (first and second request for it).
@@ -98,10 +99,10 @@ def child_fish_api(checkpoint: Path, ref: Path, tokens: int, threads: int) -> di
 
     torch.set_num_threads(threads)
     sys.modules.setdefault("funasr", types.ModuleType("funasr"))
-    sys.modules["funasr"].AutoModel = object  # type: ignore[attr-defined]
+    sys.modules["funasr"].AutoModel = type("AutoModel", (), {})  # type: ignore[attr-defined]
     for name in ("funasr.models", "funasr.models.seaco_paraformer", "funasr.models.seaco_paraformer.model"):
         sys.modules.setdefault(name, types.ModuleType(name))
-    sys.modules["funasr.models.seaco_paraformer.model"].SeacoParaformer = object  # type: ignore[attr-defined]
+    sys.modules["funasr.models.seaco_paraformer.model"].SeacoParaformer = type("SeacoParaformer", (), {})  # type: ignore[attr-defined]
     from imgbuild_runtime.fish_engine import import_fish_speech
 
     import_fish_speech()
@@ -114,6 +115,9 @@ def child_fish_api(checkpoint: Path, ref: Path, tokens: int, threads: int) -> di
     api.decoder_model = api.load_decoder_model(config_name="firefly_gan_vq",
                                                checkpoint_path=str(next(checkpoint.glob("firefly-gan-vq-*.pth"))),
                                                device="cpu")
+    # Its own warm-up generates until <|im_end|>; a few tokens stand in for it, so neither side's first
+    # request pays for first-use initialisation.
+    list(api.inference(api.InvokeRequest(text="Hello world.", max_new_tokens=8, ref_json=None, ref_base=None)))
     load = time.perf_counter() - started
     encode, decode = Timer(api.encode_reference), Timer(api.decode_vq_tokens)
     api.encode_reference, api.decode_vq_tokens = encode, decode
@@ -151,6 +155,7 @@ def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile
     started = time.perf_counter()
     engine = FishSpeechEngine(checkpoint, threads=threads, precision=os.environ.get("BENCH_PRECISION", "auto"))
     engine.load()
+    engine.warmup()  # as the server does before it answers
     load = time.perf_counter() - started
     generator, _ = engine._loaded()
     cache = ReferenceCache(engine.encoder_id(), Timer(engine.encode_reference), None)
