@@ -43,7 +43,7 @@ from tests.support.hub_server import HubServer
 from tests.support.torchvenv import PRELUDE, fixture_zip, make_standin, skip_or_fail, torch_python
 from tests.test_torch_base import host_torch_wheels
 
-pytestmark = [pytest.mark.slow, pytest.mark.engine]
+pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.extended]
 RECIPE = REPO_ROOT / "recipes" / "fish-speech-lora.yaml"
 FIXTURE_ZIP = "fish-speech-v1.4.3.zip"
 APP_TAG = "localhost/fish-speech:1.4-lora-cpu"
