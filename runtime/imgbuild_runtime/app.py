@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from urllib.parse import quote
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -167,7 +168,8 @@ async def _synthesize(
             first = await chunks.__anext__()
         except StopAsyncIteration:
             raise InvalidRequest("the text contains nothing to speak", param=text_param) from None
-        headers = {"X-Sample-Rate": str(info.sample_rate), "X-Voice": voice.name}
+        # Header values are Latin-1: a voice name in another script (ref_data/测试说话/...) is percent-encoded.
+        headers = {"X-Sample-Rate": str(info.sample_rate), "X-Voice": quote(voice.name, safe="/")}
         ttfa = time.monotonic() - started
         if stream:
             return StreamingResponse(
