@@ -15,12 +15,16 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from imgbuild import hostconfig
+from imgbuild.bootstrap import BootstrapOptions, bootstrap_image
 from imgbuild.buildcontext import PIP_DIR, assemble, hash_tree, resolve_mirrors
 from imgbuild.cli import app as cli
 from imgbuild.constraints import RECORD_PATH, load_constraints, parse
 from imgbuild.errors import ConstraintsError
 from imgbuild.recipe import load_recipe
+from imgbuild.recipe_model import Bootstrap
 from tests.conftest import ENGINE_HOST_VARS
+from tests.support.torchvenv import podman_cleanup  # noqa: F401  (a fixture)
 
 FREEZE = "# from a build\nnumpy==1.26.4\ntorch==2.13.0+cpu\n\nfish-speech==0.1.0\n"
 
@@ -97,10 +101,14 @@ def installed(engine, image: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+@pytest.mark.engine
 def test_rebuild_with_constraints_from_image_installs_the_recorded_versions(
-        engine, cleanup, unique_tag, bookworm_image, tmp_path: Path) -> None:
-    if engine.kind != "podman":
-        pytest.skip("one engine is enough: the constraints only change the build context")
+        podman_cleanup, unique_tag, tmp_path: Path) -> None:
+    """On Podman only: the constraints change the build context, not anything engine-specific."""
+    engine, cleanup = podman_cleanup
+    bookworm_image = cleanup.image(unique_tag("six-base"))
+    bootstrap_image(engine, Bootstrap(suite="bookworm", include=["python3"]),
+                    BootstrapOptions(mirror=hostconfig.apt_archive_url(), tag=bookworm_image))
     first = cleanup.image(unique_tag("six-old"))
     again = cleanup.image(unique_tag("six-again"))
 
