@@ -1,11 +1,12 @@
 """recipes/fish-speech-1.2-sft-cpu.yaml end to end on Podman (seed 000): fish-speech v1.2's unmodified source
 (the fixture zip) and the tiny stand-in fish-speech-1.2-sft served by the local Hub-protocol server as
 fishaudio/fish-speech-1.2-sft, with reference voices spoken by espeak-ng -> `imgbuild download` + `build` ->
-`archive` onto several volumes -> `verify` -> images removed -> `load-and-run` (fish-speech's own tools.api,
-as the recipe serves it) -> healthy -> POST /v1/invoke with the body tools/post_api.py sends for
-`--speaker S --emotion E` -> a WAV at the decoder's 44.1 kHz, and the server log shows that speaker's
-reference was used; then the same with an uploaded reference_audio. Then `imgbuild build --constraints
-IMAGE` rebuilds the app from the versions recorded in the image.
+`archive` onto several volumes -> `verify` -> images removed -> `load-and-run` (imgbuild's TTS runtime with
+its fishspeech engine, as the recipe serves it) -> healthy -> POST /v1/invoke with the body
+tools/post_api.py sends for `--speaker S --emotion E` -> a WAV at the decoder's 44.1 kHz, the server log
+naming that speaker's voice and its reference taken from the cache encoded at start; then the same with an
+uploaded reference_audio (encoded once more). Then the same image serves fish-speech's own tools.api (the
+recipe's documented alternative command): /v1/invoke by speaker, its log naming that reference.
 
 The stand-in's values are random (tests/support/standins/fish12.py): the audio is noise; what is checked is
 that the image built from the recipe loads the checkpoints with fish-speech's code and serves them. The base
@@ -23,6 +24,7 @@ import os
 import time
 import wave
 from pathlib import Path
+from urllib.parse import unquote
 
 import pytest
 import requests
@@ -69,7 +71,8 @@ def wav_seconds(data: bytes, rate: int) -> float:
 def fish_recipe(folder: Path, app_tag: str) -> Path:
     """recipes/fish-speech-1.2-sft-cpu.yaml with a unique app tag and repository paths made absolute."""
     text = RECIPE.read_text()
-    for old, new in ((APP_TAG, app_tag), ("../Containerfiles/", f"{REPO_ROOT}/Containerfiles/")):
+    for old, new in ((APP_TAG, app_tag), ("../Containerfiles/", f"{REPO_ROOT}/Containerfiles/"),
+                     ("src: ../runtime", f"src: {REPO_ROOT}/runtime")):
         assert old in text, f"{RECIPE.name} no longer has {old!r}: update this test"
         text = text.replace(old, new)
     path = folder / RECIPE.name
@@ -158,28 +161,79 @@ def run_end_to_end(engine, cleanup: Cleanup, unique_tag, tmp_path: Path, monkeyp
     times["healthy after start"] = started["seconds_to_healthy"]
     assert started["image_id"] == app["id"]
 
-    url = started["url"] + "v1/invoke"
+    base_url = started["url"]
+    cache = requests.get(base_url + "health", timeout=30).json()["reference_cache"]
+    assert cache["encoded"] == len(VOICES), cache  # every ref_data voice encoded once, at start
     voice = next(v for v in VOICES if v.speaker == "测试说话")
     mark = time.monotonic()
-    answer = requests.post(url, json=post_api_body("你好，世界。", voice.speaker, voice.emotion), timeout=900)
+    answer = requests.post(base_url + "v1/invoke", json=post_api_body("你好，世界。", voice.speaker, voice.emotion),
+                           timeout=900)
     times["request (speaker)"] = time.monotonic() - mark
     assert answer.status_code == 200, answer.text[-2000:]
     audio_seconds = wav_seconds(answer.content, DECODER_SAMPLE_RATE)
+    assert unquote(answer.headers["X-Voice"]) == f"{voice.speaker}/{voice.emotion}"
     logs = engine.api.logs(started["container_id"]).decode(errors="replace")
-    assert f"ref_path: ref_data/{voice.speaker}/{voice.emotion}/{voice.name}.wav" in logs, logs[-3000:]
-    assert f"ref_text: {voice.text}" in logs
+    assert f"voice={voice.speaker}/{voice.emotion} " in logs, logs[-3000:]
+    after = requests.get(base_url + "health", timeout=30).json()["reference_cache"]
+    assert after["encoded"] == cache["encoded"] and after["memory_hits"] > cache["memory_hits"], after
 
     uploaded = tmp_path / "ref_data" / VOICES[0].speaker / VOICES[0].emotion / f"{VOICES[0].name}.wav"
     mark = time.monotonic()
-    answer = requests.post(url, json=post_api_body("Hello there.", reference_audio=uploaded,
-                                                   reference_text=VOICES[0].text), timeout=900)
+    # The same recording with another transcript is another reference (the cache keys on both).
+    answer = requests.post(base_url + "v1/invoke", json=post_api_body(
+        "Hello there.", reference_audio=uploaded, reference_text="Hello, this is an uploaded reference."),
+        timeout=900)
     times["request (uploaded reference)"] = time.monotonic() - mark
     assert answer.status_code == 200, answer.text[-2000:]
     wav_seconds(answer.content, DECODER_SAMPLE_RATE)
-    logs = engine.api.logs(started["container_id"]).decode(errors="replace").split("ref_text: " + voice.text)[-1]
-    assert "Loaded audio with" in logs and f"ref_text: {VOICES[0].text}" in logs, logs[-3000:]
+    uploaded_cache = requests.get(base_url + "health", timeout=30).json()["reference_cache"]
+    assert uploaded_cache["encoded"] == cache["encoded"] + 1, uploaded_cache  # a new reference: encoded once
     engine.api.remove_container(started["container_id"], force=True)
+
+    # fish-speech's own API from the same image: the recipe's documented alternative serve command.
+    mark = time.monotonic()
+    times["tools.api request (speaker)"] = tools_api_by_speaker(engine, app["id"], voice)
+    times["tools.api start and request"] = time.monotonic() - mark
 
     print(f"\nfish-speech-1.2-sft-cpu (tiny stand-in): {json.dumps({k: round(v, 1) for k, v in times.items()})} s; "
           f"image sizes {sizes}; archived {archived['compressed_bytes']} bytes on {len(archived['volumes'])} "
           f"volumes; first answer {audio_seconds:.1f} s of audio; load average {os.getloadavg()[0]:.1f}")
+
+
+TOOLS_API = ["python3", "-m", "tools.api", "--listen", "0.0.0.0:8080", "--llama-checkpoint-path",
+             "checkpoints/fish-speech-1.2-sft", "--decoder-checkpoint-path",
+             "checkpoints/fish-speech-1.2-sft/firefly-gan-vq-fsq-4x1024-42hz-generator.pth",
+             "--decoder-config-name", "firefly_gan_vq", "--device", "cpu"]
+
+
+def tools_api_by_speaker(engine, image_id: str, voice) -> float:
+    """Start ``image_id`` with fish-speech's tools.api (the command the recipe documents), wait for its POST
+    /v1/health, ask /v1/invoke for ``voice`` as post_api.py does; the request's seconds."""
+    assert " ".join(TOOLS_API[3:]) in RECIPE.read_text().replace("\n#    ", " ").replace(",", ""), \
+        "the recipe no longer documents this tools.api command"
+    container = engine.client.containers.run(image_id, TOOLS_API, detach=True,
+                                             ports={"8080/tcp": ("127.0.0.1", None)})
+    try:
+        container.reload()
+        port = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]["HostPort"]
+        url = f"http://127.0.0.1:{port}/v1/"
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                if requests.post(url + "health", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, container.logs().decode(errors="replace")[-3000:]
+            time.sleep(2)
+        mark = time.monotonic()
+        answer = requests.post(url + "invoke", json=post_api_body("你好。", voice.speaker, voice.emotion), timeout=900)
+        seconds = time.monotonic() - mark
+        assert answer.status_code == 200, answer.text[-2000:]
+        wav_seconds(answer.content, DECODER_SAMPLE_RATE)
+        logs = container.logs().decode(errors="replace")
+        assert f"ref_path: ref_data/{voice.speaker}/{voice.emotion}/{voice.name}.wav" in logs, logs[-3000:]
+        assert f"ref_text: {voice.text}" in logs
+        return seconds
+    finally:
+        container.remove(force=True)
