@@ -5,7 +5,8 @@ layers; >= 1.5 GB), archived onto BD-25 volumes. The registry is Debian's docker
 and htpasswd auth (tests/support/registry.py). Measured in one run, each round into fresh repositories:
 
   manual   cat each layer's parts | zstd -d > layerNNNN.tar beside the set's images/ files, tar them into a
-           docker-archive, then skopeo copy docker-archive:... docker://REGISTRY/... (skopeo gzips the layers)
+           docker-archive, then skopeo copy docker-archive:... docker://REGISTRY/... (skopeo gzips the layers;
+           its blob-info cache is emptied first, or it would mount the blobs an earlier round pushed)
   push     imgbuild push SET --registry REGISTRY/PREFIX (the zstd parts sent as they are, checked as read)
 
 Goal: push wall time <= 0.5 x the manual way.
@@ -39,6 +40,9 @@ from tests.support.registry import PASSWORD, USER, start_registry  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-push:1"
 BASE_TAG = "localhost/imgbuild-bench-push-base:1"
+# Where containers/image (skopeo) remembers which registry repositories hold a blob: root's and a user's.
+BLOB_INFO_CACHES = [Path("/var/lib/containers/cache/blob-info-cache-v1.boltdb"),
+                    Path.home() / ".local/share/containers/cache/blob-info-cache-v1.boltdb"]
 
 
 def manual(set_folder: Path, work: Path, registry, repository: str) -> None:
@@ -50,6 +54,8 @@ def manual(set_folder: Path, work: Path, registry, repository: str) -> None:
         parts = " ".join(str(folders[p.volume] / p.path) for p in layer.parts)
         subprocess.run(f"cat {parts} | zstd -q -d > {tree / layout.layer_name(layer.number)}", shell=True, check=True)
     subprocess.run(["tar", "-C", str(tree), "-cf", str(work / "image.tar"), "."], check=True)
+    for cache in BLOB_INFO_CACHES:
+        cache.unlink(missing_ok=True)
     certs = work / "certs"
     certs.mkdir()
     shutil.copy(registry.ca, certs / "ca.crt")
