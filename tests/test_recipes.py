@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import zipfile
 from pathlib import Path
 
@@ -31,7 +30,7 @@ INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "EXPOSE",
 # The files of fishaudio/fish-speech-1.2-sft the fish-speech 1.2 image uses (README.md aside).
 FISH_12_FILES = {"config.json", "model.pth", "firefly-gan-vq-fsq-4x1024-42hz-generator.pth", "tokenizer.json",
                  "tokenizer_config.json", "special_tokens_map.json"}
-STORY_COMMAND = ("python3 -m tools.api --listen 0.0.0.0:8080 --llama-checkpoint-path checkpoints/fish-speech-1.2-sft "
+TOOLS_API_COMMAND = ("python3 -m tools.api --listen 0.0.0.0:8080 --llama-checkpoint-path checkpoints/fish-speech-1.2-sft "
                  "--decoder-checkpoint-path checkpoints/fish-speech-1.2-sft/firefly-gan-vq-fsq-4x1024-42hz-generator.pth "
                  "--decoder-config-name firefly_gan_vq --device cpu")
 
@@ -114,15 +113,22 @@ def load(name: str) -> dict:
     return yaml.safe_load((REPO / "recipes" / name).read_text())
 
 
-def test_fish_speech_12_is_the_story_image_on_cpu() -> None:
+def test_fish_speech_12_serves_the_bundled_engine_and_documents_tools_api() -> None:
     r = load("fish-speech-1.2-sft-cpu.yaml")
     (ckpt,) = r["app"]["checkpoints"]
     assert ckpt["repo"] == "fishaudio/fish-speech-1.2-sft" and ckpt["dest"] == "checkpoints/fish-speech-1.2-sft"
     assert set(ckpt["include"]) == FISH_12_FILES
     serve = r["app"]["serve"]
-    assert shlex.join(serve["command"]) == STORY_COMMAND and serve["port"] == 8080
-    # fish-speech 1.2's own health route is POST /v1/health.
-    assert (serve["health"]["method"], serve["health"]["path"]) == ("POST", "/v1/health")
+    command = serve["command"]
+    assert command[:3] == ["python3", "-m", "imgbuild_runtime"] and serve["port"] == 8080
+    assert command[command.index("--engine") + 1] == "fishspeech"
+    assert command[command.index("--model") + 1] == ckpt["dest"]
+    assert command[command.index("--port") + 1] == "8080" and command[command.index("--host") + 1] == "0.0.0.0"
+    assert {"imgbuild-runtime", "ref_data"} <= {c["dest"] for c in r["app"]["context"]}
+    assert (serve["health"]["method"], serve["health"]["path"]) == ("GET", "/health")
+    # fish-speech's own server stays documented in the recipe, word for word, as the alternative command.
+    text = (REPO / "recipes" / "fish-speech-1.2-sft-cpu.yaml").read_text()
+    assert TOOLS_API_COMMAND in text.replace("\n#    ", " ").replace(",", "").replace("[", "")
     # CPU builds by default; TORCH_REQUIREMENT / TORCHAUDIO_REQUIREMENT may choose others.
     assert all(re.fullmatch(r"\$\{TORCH(AUDIO)?_REQUIREMENT:-torch(audio)?==[\d.]+\+cpu\}", p) for p in r["base"]["pip"])
     assert "libsox-dev" in r["base"]["packages"]
