@@ -32,23 +32,19 @@ from typer.testing import CliRunner
 
 from imgbuild.bootstrap import find_image
 from imgbuild.cli import app as cli
-from imgbuild.engines import connect
 from tests.conftest import REPO_ROOT, Cleanup, remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer
 from tests.support.refvoices import VOICES, make_ref_data
 from tests.support.standins.fish12 import DECODER_SAMPLE_RATE, REPO
-from tests.support.torchvenv import fixture_zip, make_standin, skip_or_fail, torch_python
+from tests.support.torchvenv import (fixture_zip, make_standin, podman_cleanup,  # noqa: F401
+                                     torch_python, tts_base_env)
 from tests.test_torch_base import host_torch_wheels
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 RECIPE = REPO_ROOT / "recipes" / "fish-speech-1.2-sft-cpu.yaml"
 APP_TAG = "localhost/fish-speech:1.2-sft-cpu"
 MEDIA_SIZE = 400_000_000
-# The shared base as these machines can build it (see the module docstring); a value already in the
-# environment wins, so the three TTS recipes' tests share one base image, which stays on the engine.
-BASE_ENV = {"TORCH_REQUIREMENT": "torch==2.13.0+cpu", "TORCHAUDIO_REQUIREMENT": "torchaudio==2.11.0",
-            "TORCHAUDIO_EXTENSION": "drop", "TTS_BASE_TAG": "localhost/tts-cpu-base:torch2.13.0-test"}
 
 
 def post_api_body(text: str, speaker: str | None = None, emotion: str | None = None,
@@ -87,22 +83,9 @@ def imgbuild(*args: str) -> dict:
     return json.loads(done.stdout)
 
 
-@pytest.fixture
-def podman():
-    """Podman only (conftest's `engine` runs a test on every engine); skipped or failed like `engine`."""
-    host = os.environ.get("IMGBUILD_TEST_PODMAN_HOST")
-    if not host:
-        skip_or_fail('IMGBUILD_TEST_PODMAN_HOST is not set (eval "$(scripts/engines.sh start)")')
-    with connect("podman", host) as found:
-        yield found
-
-
-def test_fish_speech_12_end_to_end(podman, unique_tag, tmp_path: Path, monkeypatch) -> None:
-    engine, cleanup = podman, Cleanup(podman)
-    try:
-        run_end_to_end(engine, cleanup, unique_tag, tmp_path, monkeypatch)
-    finally:
-        cleanup.run()
+def test_fish_speech_12_end_to_end(podman_cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:
+    engine, cleanup = podman_cleanup
+    run_end_to_end(engine, cleanup, unique_tag, tmp_path, monkeypatch)
 
 
 def run_end_to_end(engine, cleanup: Cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:
@@ -120,7 +103,7 @@ def run_end_to_end(engine, cleanup: Cleanup, unique_tag, tmp_path: Path, monkeyp
     env = {"FISH_SPEECH_ZIP": str(source_zip), "FISH_REF_DATA": str(tmp_path / "ref_data"),
            "TORCH_CPU_WHEELS": str(host_torch_wheels()), "IMGBUILD_ENGINE": "podman",
            "DOCKER_HOST": engine.host, "IMGBUILD_CHECKPOINT_CACHE": str(tmp_path / "checkpoints")}
-    env.update({k: os.environ.get(k) or v for k, v in BASE_ENV.items()})
+    env.update(tts_base_env())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with HubServer(store) as hub:

@@ -22,7 +22,6 @@ import tarfile
 import time
 import wave
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ import requests
 
 from imgbuild.archive import ArchiveOptions, archive
 from imgbuild.bootstrap import find_image
-from imgbuild.engines import Engine, connect
+from imgbuild.engines import Engine
 from imgbuild.build import BuildOptions, build_recipe
 from imgbuild.load import LoadOptions
 from imgbuild.recipe import load_recipe
@@ -40,7 +39,8 @@ from imgbuild.volumes import locate_set
 from tests.conftest import REPO_ROOT, Cleanup, remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer
-from tests.support.torchvenv import PRELUDE, fixture_zip, make_standin, skip_or_fail, torch_python
+from tests.support.torchvenv import (PRELUDE, fixture_zip, make_standin, podman_cleanup,  # noqa: F401
+                                     torch_python, tts_base_env)
 from tests.test_torch_base import host_torch_wheels
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.extended]
@@ -50,11 +50,6 @@ APP_TAG = "localhost/fish-speech:1.4-lora-cpu"
 MEDIA_SIZE = 200_000_000  # the set is about 1 GB compressed: several volumes
 MERGED = "/opt/fish-speech/checkpoints/fish-speech-1.4-lora"
 VOICE = "lora-voice"
-# The shared TTS base as these machines can build it (torch 2.13.0 CPU, torchaudio 2.11.0 without its
-# compiled library), the same values as the fish-speech 1.2 and SparkTTS tests: one base image for the
-# three, which stays on the engine. A value already in the environment wins.
-BASE_ENV = {"TORCH_REQUIREMENT": "torch==2.13.0+cpu", "TORCHAUDIO_REQUIREMENT": "torchaudio==2.11.0",
-            "TORCHAUDIO_EXTENSION": "drop", "TTS_BASE_TAG": "localhost/tts-cpu-base:torch2.13.0-test"}
 
 
 def run_torch(python: str, code: str, *args: str) -> str:
@@ -106,22 +101,9 @@ def read_from_image(engine, image: str, path: str) -> bytes | None:
         engine.api.remove_container(container["Id"], force=True)
 
 
-@pytest.fixture
-def podman() -> Iterator[Engine]:
-    """Podman only (conftest's `engine` runs a test on every engine); skipped or failed like `engine`."""
-    host = os.environ.get("IMGBUILD_TEST_PODMAN_HOST")
-    if not host:
-        skip_or_fail('IMGBUILD_TEST_PODMAN_HOST is not set (eval "$(scripts/engines.sh start)")')
-    with connect("podman", host) as found:
-        yield found
-
-
-def test_lora_merged_fish_speech_14_end_to_end(podman, unique_tag, tmp_path: Path, monkeypatch) -> None:
-    engine, cleanup = podman, Cleanup(podman)
-    try:
-        run_end_to_end(engine, cleanup, unique_tag, tmp_path, monkeypatch)
-    finally:
-        cleanup.run()
+def test_lora_merged_fish_speech_14_end_to_end(podman_cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:
+    engine, cleanup = podman_cleanup
+    run_end_to_end(engine, cleanup, unique_tag, tmp_path, monkeypatch)
 
 
 def run_end_to_end(engine: Engine, cleanup: Cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:
@@ -147,7 +129,7 @@ def run_end_to_end(engine: Engine, cleanup: Cleanup, unique_tag, tmp_path: Path,
     recipe_path = lora_recipe(tmp_path, unique_tag)
     env = {"FISH_SPEECH_ZIP": str(source_zip), "FISH_LORA_CKPT": str(lora_ckpt),
            "FISH_REFERENCES": str(tmp_path / "references"), "TORCH_CPU_WHEELS": str(host_torch_wheels())}
-    env.update({k: os.environ.get(k) or v for k, v in BASE_ENV.items()})
+    env.update(tts_base_env())
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("IMGBUILD_CHECKPOINT_CACHE", str(tmp_path / "checkpoints"))
