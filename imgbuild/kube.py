@@ -22,12 +22,12 @@ import yaml
 from pydantic import ValidationError
 
 from imgbuild.errors import LoadError, UsageError
-from imgbuild.load import _read_config
+from imgbuild.load import read_config
 from imgbuild.manifest import Image
 from imgbuild.push import targets
 from imgbuild.recipe_model import Serve
 from imgbuild.registry import Registry, RegistryRef
-from imgbuild.run import SERVE_LABEL, _recipe_of, pick_image
+from imgbuild.run import SERVE_LABEL, pick_image, recipe_serve
 from imgbuild.volumes import LocatedSet, locate_set
 
 NON_ROOT = 65534  # "nobody" on Debian: owns nothing in the image, can read what is world-readable
@@ -84,10 +84,10 @@ def kube_manifests(dirs: Sequence[Path], options: KubeOptions) -> KubeResult:
 
 
 def _serve_of(located: LocatedSet, image: Image) -> Serve:
-    recipe = _recipe_of(located.manifest)
-    if recipe is not None and recipe.app is not None and image.role in ("app", None):
-        return recipe.app.serve
-    config = json.loads(_read_config(located, image))
+    serve = recipe_serve(located.manifest, image)
+    if serve is not None:
+        return serve
+    config = json.loads(read_config(located, image))
     raw = ((config.get("config") or {}).get("Labels") or {}).get(SERVE_LABEL)
     if not raw:
         raise LoadError(f"image {image.id} has no serve section (no recipe in the set, no {SERVE_LABEL} label)")

@@ -115,7 +115,7 @@ def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOp
     stream = _LayerStreams(located, to_load, options, progress)
     if to_load:
         stream.preflight()
-        configs = [_read_config(located, image) for image in to_load]
+        configs = [read_config(located, image) for image in to_load]
         check_configs(zip(to_load, configs))
         archive_images = [ArchiveImage(config, tuple(image.layers)) for config, image in zip(configs, to_load)]
         try:
@@ -165,11 +165,11 @@ def select_images(manifest: SetManifest, wanted: Sequence[str]) -> list[Image]:
 
 def _engine_id(engine: Engine, located: LocatedSet, image: Image) -> str | None:
     """The engine's id of the set's image, or None when the engine does not have it (image_ids.py)."""
-    return find_set_image(engine, image.id, lambda: _read_config(located, image),
+    return find_set_image(engine, image.id, lambda: read_config(located, image),
                           [engine_ref(engine, tag) for tag in image.tags if "@" not in tag])
 
 
-def _read_config(located: LocatedSet, image: Image) -> bytes:
+def read_config(located: LocatedSet, image: Image) -> bytes:
     """The image's config from the first volume that has a good copy (every volume holds all configs)."""
     reasons = []
     for folder in located.folders.values():

@@ -32,7 +32,7 @@ import zstandard
 from imgbuild.atomicfile import write_atomic
 from imgbuild.bootstrap import default_cache_dir
 from imgbuild.errors import ChecksumMismatch, LoadError, UsageError
-from imgbuild.load import _read_config, select_images
+from imgbuild.load import read_config, select_images
 from imgbuild.manifest import Image, Layer
 from imgbuild.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.readahead import FileChunk, FileEnd, FileStart, HashedReadAhead
@@ -129,7 +129,7 @@ def push_set(dirs: Sequence[Path], options: PushOptions, progress: ProgressCallb
     missing = sorted({layer.parts[0].volume for layer in manifest.layers} - set(located.folders))
     if missing:
         raise LoadError("volumes needed but not found: " + "; ".join(located.label(n) for n in missing))
-    configs = [_read_config(located, image) for image in chosen]
+    configs = [read_config(located, image) for image in chosen]
     registry = Registry(ref, ca_file=options.ca_file, insecure=options.insecure)
     registry.ping()
     pusher = _BlobPusher(registry, located, options, progress)

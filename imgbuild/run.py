@@ -114,9 +114,9 @@ def pick_image(manifest: SetManifest, name: str | None) -> Image:
 def serve_spec(engine: Engine, manifest: SetManifest, image: Image, ref: str | None = None) -> Serve:
     """The serve section: the recipe's when it describes this image, else the image's org.imgbuild.serve label.
     ``ref`` is the engine's id of the image when it is not the set's (LoadedImage.engine_id)."""
-    recipe = _recipe_of(manifest)
-    if recipe is not None and recipe.app is not None and image.role in ("app", None):
-        return recipe.app.serve
+    serve = recipe_serve(manifest, image)
+    if serve is not None:
+        return serve
     labels = (engine.api.inspect_image(ref or image.id).get("Config") or {}).get("Labels") or {}
     raw = labels.get(SERVE_LABEL)
     if raw:
@@ -126,6 +126,14 @@ def serve_spec(engine: Engine, manifest: SetManifest, image: Image, ref: str | N
             raise LoadError(f"image {image.id}: label {SERVE_LABEL} is not a serve section: {exc}") from exc
     raise LoadError(f"image {image.id} has no serve section (no recipe in the set, no {SERVE_LABEL} label)",
                     hint="run it yourself with podman/docker run, or choose the app image with --image")
+
+
+def recipe_serve(manifest: SetManifest, image: Image) -> Serve | None:
+    """The serve section of the recipe recorded in the manifest, when that recipe describes ``image``."""
+    recipe = _recipe_of(manifest)
+    if recipe is not None and recipe.app is not None and image.role in ("app", None):
+        return recipe.app.serve
+    return None
 
 
 def _recipe_of(manifest: SetManifest) -> Recipe | None:
