@@ -140,14 +140,21 @@ CONF
     esac
 }
 
-alive() {
-    [ "$(hostpodman container inspect -f '{{.State.Running}}' "imgbuild-$1" 2>/dev/null)" = true ] && [ -S "$(sock_of "$1")" ]
+answers() {  # NAME: the socket exists and the API answers /_ping
+    sock=$(sock_of "$1")
+    [ -S "$sock" ] && "$python" -c "import docker; docker.APIClient(base_url='unix://$sock', timeout=5).ping()" 2>/dev/null
 }
 
-wait_ready() {  # NAME: the socket exists and the API answers /_ping
+alive() {
+    # The host Podman's record alone is not enough: after the machine's processes were stopped without
+    # `stop` (a restored snapshot, a killed session) it still says "running" for an engine that is gone.
+    [ "$(hostpodman container inspect -f '{{.State.Running}}' "imgbuild-$1" 2>/dev/null)" = true ] && answers "$1"
+}
+
+wait_ready() {  # NAME: wait up to 60 s for the engine's API
     sock=$(sock_of "$1")
     i=0
-    until [ -S "$sock" ] && "$python" -c "import docker,sys; docker.APIClient(base_url='unix://$sock', timeout=5).ping()" 2>/dev/null; do
+    until answers "$1"; do
         i=$((i + 1))
         if [ "$i" -gt 120 ]; then
             echo "engines-trixie.sh: $1 does not answer at $sock within 60 s; its log:" >&2

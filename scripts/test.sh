@@ -20,7 +20,9 @@ if alive podman && alive docker; then
 else
     stop="scripts/engines.sh stop"
 fi
-eval "$(scripts/engines.sh start both)"
+# Assigned first so that a failed start stops the run here (set -e) instead of leaving the engines unset.
+engines_env=$(scripts/engines.sh start both)
+eval "$engines_env"
 # Docker Engine 26 (classic and containerd image store) and Podman 5 from a trixie root filesystem, for the
 # tests marked newer_engines (DEVELOPING.md); the first start makes the rootfs (about a minute, then cached).
 if scripts/engines-trixie.sh running; then
@@ -28,7 +30,8 @@ if scripts/engines-trixie.sh running; then
 else
     stop="${stop:+$stop; }scripts/engines-trixie.sh stop"
 fi
-eval "$(scripts/engines-trixie.sh start)"
+engines_env=$(scripts/engines-trixie.sh start)
+eval "$engines_env"
 
 export IMGBUILD_REQUIRE_ENGINES=1
 # IMGBUILD_TEST_DEADLINE (seconds since the epoch; .ci/run sets it): the tests marked `extended` run after
