@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 from huggingface_hub import snapshot_download  # noqa: E402
 
-from imgbuild.download import DownloadOptions, download_checkpoints  # noqa: E402
-from imgbuild.transfer import TransferOptions  # noqa: E402
+from imgbuild.checkpoints.download import DownloadOptions, download_checkpoints  # noqa: E402
+from imgbuild.checkpoints.transfer import TransferOptions  # noqa: E402
 from tests.support.hub_repos import RepoStore  # noqa: E402
 from tests.support.hub_server import Fault, HubServer  # noqa: E402
 from tests.support.recipes import load, write_recipe  # noqa: E402
@@ -37,7 +37,7 @@ from tests.support.recipes import load, write_recipe  # noqa: E402
 IMGBUILD_CHILD = """
 import sys
 from pathlib import Path
-from imgbuild.download import DownloadOptions, download_checkpoints
+from imgbuild.checkpoints.download import DownloadOptions, download_checkpoints
 from tests.support.recipes import load
 download_checkpoints(load(Path(sys.argv[1])), DownloadOptions(cache_dir=Path(sys.argv[2])))
 """

@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_archive  # noqa: E402  (the image builder of the archive benchmark)
-from imgbuild.archive import ArchiveOptions, archive  # noqa: E402
-from imgbuild.engines import connect  # noqa: E402
+from imgbuild.archive.archive import ArchiveOptions, archive  # noqa: E402
+from imgbuild.engine.connect import connect  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-drive:1"
 BASE_TAG = "localhost/imgbuild-bench-drive-base:1"

@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 import zstandard  # noqa: E402
 
-from imgbuild.errors import ImgbuildError  # noqa: E402
-from imgbuild.recipe import load_recipe  # noqa: E402
-from imgbuild.verify import VerifyOptions, verify_set  # noqa: E402
+from imgbuild.foundation.errors import ImgbuildError  # noqa: E402
+from imgbuild.recipe.loader import load_recipe  # noqa: E402
+from imgbuild.restore.verify import VerifyOptions, verify_set  # noqa: E402
 from tests.support.hostile_recipes import CASES  # noqa: E402
 from tests.test_hostile_set import rle_bomb, set_with_part  # noqa: E402
 

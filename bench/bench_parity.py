@@ -24,11 +24,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_archive  # noqa: E402  (the image builder of the archive benchmark)
 
-from imgbuild.archive import ArchiveOptions, ArchiveResult, archive  # noqa: E402
-from imgbuild.engines import Engine, connect  # noqa: E402
-from imgbuild.progress import ProgressEvent  # noqa: E402
-from imgbuild.repair import RepairOptions, repair_set  # noqa: E402
-from imgbuild.verify import verify_set  # noqa: E402
+from imgbuild.archive.archive import ArchiveOptions, ArchiveResult, archive  # noqa: E402
+from imgbuild.engine.connect import Engine, connect  # noqa: E402
+from imgbuild.foundation.progress import ProgressEvent  # noqa: E402
+from imgbuild.restore.repair import RepairOptions, repair_set  # noqa: E402
+from imgbuild.restore.verify import verify_set  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-parity:1"
 BASE_TAG = "localhost/imgbuild-bench-parity-base:1"

@@ -33,11 +33,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_archive import build_image, engine_cli  # noqa: E402  (shared image helpers)
 
-from imgbuild.archive import ArchiveOptions, archive  # noqa: E402
-from imgbuild.bootstrap import find_image  # noqa: E402
-from imgbuild.engines import Engine, connect  # noqa: E402
-from imgbuild.load import load_set  # noqa: E402
-from imgbuild.verify import verify_set  # noqa: E402
+from imgbuild.archive.archive import ArchiveOptions, archive  # noqa: E402
+from imgbuild.engine.images import find_image  # noqa: E402
+from imgbuild.engine.connect import Engine, connect  # noqa: E402
+from imgbuild.restore.load import load_set  # noqa: E402
+from imgbuild.restore.verify import verify_set  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-restore:1"
 

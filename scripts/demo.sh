@@ -62,7 +62,7 @@ helper() {
 import json, os, sys, time, urllib.error, urllib.request, wave
 name, args = sys.argv[1], sys.argv[2:]
 if name == "endpoint":  # the endpoint downloads will use: HF_ENDPOINT, else huggingface_hub's default
-    from imgbuild.hub import choose_endpoint
+    from imgbuild.checkpoints.hub import choose_endpoint
     print(choose_endpoint(None))
 elif name == "reachable":  # ENDPOINT REPO TIMEOUT: does the Hub answer for the voice's repository?
     try:
@@ -73,17 +73,17 @@ elif name == "reachable":  # ENDPOINT REPO TIMEOUT: does the Hub answer for the 
         sys.exit(1)
 elif name == "lock-endpoints":  # RECIPE: endpoints the existing lock was made with, one a line
     from pathlib import Path
-    from imgbuild.lockfile import lock_path_for, read_lock
+    from imgbuild.checkpoints.lockfile import lock_path_for, read_lock
     lock = read_lock(lock_path_for(Path(args[0])))
     for checkpoint in lock.checkpoints if lock else ():
         if checkpoint.source == "hub":
             print(checkpoint.endpoint)
 elif name == "tags":  # RECIPE: the recipe's app and base tags
-    from imgbuild.recipe import load_recipe
+    from imgbuild.recipe.loader import load_recipe
     recipe = load_recipe(args[0]).recipe
     print(recipe.app.tag, recipe.base.tag)
 elif name == "rmi":  # HOST TAG...: remove these tags from the engine (app first, then base)
-    from imgbuild.engines import connect
+    from imgbuild.engine.connect import connect
     import docker.errors
     with connect("podman", args[0]) as engine:
         for tag in args[1:]:
@@ -93,8 +93,8 @@ elif name == "rmi":  # HOST TAG...: remove these tags from the engine (app first
             except docker.errors.ImageNotFound:
                 print(f"    {tag} was not there")
 elif name == "rm-container":  # HOST ID
-    from imgbuild.engines import connect
-    from imgbuild.run import stop_and_remove
+    from imgbuild.engine.connect import connect
+    from imgbuild.restore.run import stop_and_remove
     with connect("podman", args[0]) as engine:
         stop_and_remove(engine, args[1])
 elif name == "run-info":  # FILE: load-and-run's JSON result -> "CONTAINER_ID URL", summary on stderr

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import sys
 
-from imgbuild import hostconfig
-from imgbuild.bootstrap import default_cache_dir, make_rootfs
-from imgbuild.progress import ProgressEvent
-from imgbuild.recipe_model import Bootstrap
+from imgbuild.foundation import hostconfig
+from imgbuild.foundation.cachedir import default_cache_dir
+from imgbuild.build.bootstrap import make_rootfs
+from imgbuild.foundation.progress import ProgressEvent
+from imgbuild.recipe.model import Bootstrap
 
 PACKAGES = ["docker.io", "podman", "runc", "crun", "iptables", "iproute2", "ca-certificates"]
 

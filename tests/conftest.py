@@ -23,11 +23,11 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from imgbuild import hostconfig
-from imgbuild.bootstrap import BootstrapOptions, bootstrap_image
-from imgbuild.engines import Engine, connect
-from imgbuild.image_ids import image_store
-from imgbuild.recipe_model import Bootstrap
+from imgbuild.foundation import hostconfig
+from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
+from imgbuild.engine.connect import Engine, connect
+from imgbuild.engine.image_ids import image_store
+from imgbuild.recipe.model import Bootstrap
 
 ENGINE_HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST",
                     "podman5": "IMGBUILD_TEST_PODMAN5_HOST", "docker26": "IMGBUILD_TEST_DOCKER26_HOST",

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.bootstrap import find_image, image_labels
-from imgbuild.build import BuildOptions, build_recipe
-from imgbuild.buildcontext import (APP_DIR, CA_DIR, assemble, base_build_args, extract, hash_tree,
+from imgbuild.engine.images import find_image, image_labels
+from imgbuild.build.build import BuildOptions, build_recipe
+from imgbuild.build.context import (APP_DIR, CA_DIR, assemble, base_build_args, extract, hash_tree,
                                    resolve_mirrors, safe_member, with_registry)
-from imgbuild.errors import BuildFailed
-from imgbuild.recipe import load_recipe
+from imgbuild.foundation.errors import BuildFailed
+from imgbuild.recipe.loader import load_recipe
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "tests" / "recipes" / "http-app.yaml"  # the first demo: a tiny HTTP server as the app
@@ -212,7 +212,7 @@ base: {{tag: "{unique_tag('failing')}", from: "{bookworm_image}", containerfile:
 
 
 def test_deb822_sources_skip_security_and_disabled(tmp_path: Path) -> None:
-    from imgbuild.hostconfig import apt_archive_url, parse_deb822
+    from imgbuild.foundation.hostconfig import apt_archive_url, parse_deb822
 
     text = """\
 Types: deb
@@ -241,7 +241,7 @@ Suites: bookworm bookworm-updates
 
 
 def test_one_line_sources_list() -> None:
-    from imgbuild.hostconfig import parse_sources_list
+    from imgbuild.foundation.hostconfig import parse_sources_list
 
     text = ("# deb http://127.0.0.1:1/commented bookworm main\n"
             "deb [arch=amd64 signed-by=/k.gpg] http://127.0.0.1:2/debian bookworm main\n"
@@ -251,7 +251,7 @@ def test_one_line_sources_list() -> None:
 
 
 def test_pip_config_list_parsing_env_first() -> None:
-    from imgbuild.hostconfig import parse_pip_config_list
+    from imgbuild.foundation.hostconfig import parse_pip_config_list
 
     text = (":env:.find-links='/opt/w'\n"
             "global.cert='/etc/ca.pem'\n"
@@ -266,7 +266,7 @@ def test_pip_config_list_parsing_env_first() -> None:
 
 
 def test_host_defaults_fill_only_unset_mirrors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from imgbuild import hostconfig
+    from imgbuild.foundation import hostconfig
 
     monkeypatch.setattr(hostconfig, "apt_archive_url", lambda: "http://127.0.0.1:9/debian")
     monkeypatch.setattr(hostconfig, "pip_config", lambda: hostconfig.PipHostConfig(

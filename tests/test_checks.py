@@ -7,16 +7,16 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from imgbuild import layout
-from imgbuild.checks import CatalogOptions, checks_path, list_catalog, read_checks
-from imgbuild.errors import ArchiveError
-from imgbuild.manifest import dump_manifest
-from imgbuild.verify import VerifyOptions, verify_set
+from imgbuild.setformat import layout
+from imgbuild.restore.checks import CatalogOptions, checks_path, list_catalog, read_checks
+from imgbuild.foundation.errors import ArchiveError
+from imgbuild.setformat.manifest import dump_manifest
+from imgbuild.restore.verify import VerifyOptions, verify_set
 from tests.support.synthetic_set import make_set, write_metadata
 
 IMGBUILD = Path(sys.executable).parent / "imgbuild"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from imgbuild.cli import COMMAND_MODULES, app
 from imgbuild.cli.common import cli_command
-from imgbuild.errors import ImgbuildError, UsageError
+from imgbuild.foundation.errors import ImgbuildError, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
 runner = CliRunner()

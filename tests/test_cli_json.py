@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild import layout
+from imgbuild.setformat import layout
 from imgbuild.cli import app
-from imgbuild.parity import ParityOptions, add_parity_volumes
+from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
 from tests.support import synthetic_set
 from tests.support.restore_sets import flip
 

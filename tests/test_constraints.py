@@ -1,4 +1,4 @@
-"""Reproducible Python dependencies (imgbuild.constraints): the versions a build installed are recorded in the
+"""Reproducible Python dependencies (imgbuild.build.constraints): the versions a build installed are recorded in the
 image, and `imgbuild build --constraints FROM_IMAGE_OR_FILE` installs those versions again.
 
 Unit tests check parsing, errors and the build context; the engine test builds a python-base image with an
@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild import hostconfig
-from imgbuild.bootstrap import BootstrapOptions, bootstrap_image
-from imgbuild.buildcontext import PIP_DIR, assemble, hash_tree, resolve_mirrors
+from imgbuild.foundation import hostconfig
+from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
+from imgbuild.build.context import PIP_DIR, assemble, hash_tree, resolve_mirrors
 from imgbuild.cli import app as cli
-from imgbuild.constraints import RECORD_PATH, load_constraints, parse
-from imgbuild.errors import ConstraintsError
-from imgbuild.recipe import load_recipe
-from imgbuild.recipe_model import Bootstrap
+from imgbuild.build.constraints import RECORD_PATH, load_constraints, parse
+from imgbuild.foundation.errors import ConstraintsError
+from imgbuild.recipe.loader import load_recipe
+from imgbuild.recipe.model import Bootstrap
 from tests.conftest import ENGINE_HOST_VARS
 from tests.support.torchvenv import podman_cleanup  # noqa: F401  (a fixture)
 

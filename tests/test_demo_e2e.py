@@ -18,16 +18,16 @@ import docker.errors
 import pytest
 import requests
 
-from imgbuild.archive import ArchiveOptions, archive
-from imgbuild.bootstrap import find_image
-from imgbuild.build import BuildOptions, build_recipe, rootfs_tag
-from imgbuild.inspect import inspect_target
-from imgbuild.load import LoadOptions
-from imgbuild.lockfile import lock_path_for
-from imgbuild.recipe import load_recipe
-from imgbuild.run import RunOptions, load_and_run, stop_and_remove
-from imgbuild.verify import verify_set
-from imgbuild.volumes import locate_set
+from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.engine.images import find_image
+from imgbuild.build.build import BuildOptions, build_recipe, rootfs_tag
+from imgbuild.restore.inspect import inspect_target
+from imgbuild.restore.load import LoadOptions
+from imgbuild.checkpoints.lockfile import lock_path_for
+from imgbuild.recipe.loader import load_recipe
+from imgbuild.restore.run import RunOptions, load_and_run, stop_and_remove
+from imgbuild.restore.verify import verify_set
+from imgbuild.discs.locate import locate_set
 from tests.conftest import remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer

@@ -8,9 +8,9 @@ import types
 
 import pytest
 
-from imgbuild.bootstrap import find_image, image_labels, split_tag
-from imgbuild.engines import Engine, _closing, connect, engine_kind, socket_candidates, untested_version_warning
-from imgbuild.errors import EngineError, UsageError
+from imgbuild.engine.images import find_image, image_labels, split_tag
+from imgbuild.engine.connect import Engine, _closing, connect, engine_kind, socket_candidates, untested_version_warning
+from imgbuild.foundation.errors import EngineError, UsageError
 
 
 def test_engine_kind_from_version_components() -> None:
@@ -74,7 +74,7 @@ def test_the_cli_shows_warnings_even_without_log_lines(monkeypatch: pytest.Monke
     from rich.console import Console
 
     from imgbuild.cli import common
-    from imgbuild.progress import ProgressEvent
+    from imgbuild.foundation.progress import ProgressEvent
 
     out = io.StringIO()
     monkeypatch.setattr(common, "stderr", Console(file=out, force_terminal=False))
@@ -91,7 +91,7 @@ def test_the_engines_tested_with_are_not_warned_about(engine) -> None:
 
 @pytest.mark.newer_engines
 def test_the_image_store_is_recognised(engine) -> None:
-    from imgbuild.image_ids import describe, image_store
+    from imgbuild.engine.image_ids import describe, image_store
 
     expected = "podman" if engine.kind == "podman" else "classic"
     if engine.host == os.environ.get("IMGBUILD_TEST_DOCKER26C_HOST"):

@@ -30,7 +30,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from imgbuild.bootstrap import find_image
+from imgbuild.engine.images import find_image
 from imgbuild.cli import app as cli
 from tests.conftest import REPO_ROOT, Cleanup, remove_image
 from tests.support.hub_repos import RepoStore

@@ -27,15 +27,15 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgbuild.archive import ArchiveOptions, archive
-from imgbuild.bootstrap import find_image
-from imgbuild.engines import Engine
-from imgbuild.build import BuildOptions, build_recipe
-from imgbuild.load import LoadOptions
-from imgbuild.recipe import load_recipe
-from imgbuild.run import RunOptions, load_and_run
-from imgbuild.verify import verify_set
-from imgbuild.volumes import locate_set
+from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.engine.images import find_image
+from imgbuild.engine.connect import Engine
+from imgbuild.build.build import BuildOptions, build_recipe
+from imgbuild.restore.load import LoadOptions
+from imgbuild.recipe.loader import load_recipe
+from imgbuild.restore.run import RunOptions, load_and_run
+from imgbuild.restore.verify import verify_set
+from imgbuild.discs.locate import locate_set
 from tests.conftest import REPO_ROOT, Cleanup, remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer

@@ -18,8 +18,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgbuild.errors import RecipeError
-from imgbuild.recipe import load_recipe
+from imgbuild.foundation.errors import RecipeError
+from imgbuild.recipe.loader import load_recipe
 from tests.support import hostile_recipes as hostile
 
 REPO = Path(__file__).resolve().parent.parent
@@ -110,7 +110,7 @@ def test_collection_as_key_is_refused(tmp_path: Path) -> None:
 
 
 def test_run_reads_recipe_text_from_a_set_with_the_same_bounds(tmp_path: Path) -> None:
-    from imgbuild.recipe import parse_recipe_text
+    from imgbuild.recipe.loader import parse_recipe_text
 
     text = hostile.alias_bomb(tmp_path).read_text()
     with pytest.raises(RecipeError, match="set manifest: recipe:10:.*once aliases are expanded"):

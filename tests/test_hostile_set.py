@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgbuild import layout
-from imgbuild.errors import ArchiveError, ManifestError
-from imgbuild.manifest import dump_manifest, parse_manifest
-from imgbuild.verify import VerifyOptions, verify_set
+from imgbuild.setformat import layout
+from imgbuild.foundation.errors import ArchiveError, ManifestError
+from imgbuild.setformat.manifest import dump_manifest, parse_manifest
+from imgbuild.restore.verify import VerifyOptions, verify_set
 from tests.support import synthetic_set
 
 GIB = 1 << 30
@@ -215,7 +215,7 @@ def test_several_sets_in_one_folder_need_set_and_are_listed(tmp_path: Path) -> N
 
 
 def test_repair_also_refuses_to_choose_between_sets(tmp_path: Path) -> None:
-    from imgbuild.repair import RepairOptions, repair_set
+    from imgbuild.restore.repair import RepairOptions, repair_set
 
     two_volume_set(tmp_path / "set")
     two_volume_set(tmp_path / "set", set_id="fedcba9876543210")
@@ -252,7 +252,7 @@ def small_mount(tmp_path: Path) -> Any:
 
 
 def _damaged_parity_set(tmp_path: Path) -> tuple[Path, Any]:
-    from imgbuild.parity import ParityOptions, add_parity_volumes
+    from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
 
     root = tmp_path / "set"
     manifest = synthetic_set.make_set(root, [3 << 20, 3 << 20])
@@ -265,8 +265,8 @@ def _damaged_parity_set(tmp_path: Path) -> tuple[Path, Any]:
 
 @pytest.mark.parametrize("kind", ["read-only", "full"])
 def test_repair_onto_a_read_only_or_full_file_system_names_it(tmp_path: Path, small_mount: Any, kind: str) -> None:
-    from imgbuild.errors import DiskFull, ImgbuildError
-    from imgbuild.repair import RepairOptions, repair_set
+    from imgbuild.foundation.errors import DiskFull, ImgbuildError
+    from imgbuild.restore.repair import RepairOptions, repair_set
 
     root, manifest = _damaged_parity_set(tmp_path)
     out = small_mount.path / "out"
@@ -310,7 +310,7 @@ def hostile_layer() -> bytes:
 
 @pytest.mark.parametrize("step", [1, 7, 512, 1 << 20])
 def test_tar_scanner_finds_each_kind_in_any_chunking(step: int) -> None:
-    from imgbuild.layer_content import TarScanner, summarize
+    from imgbuild.restore.layer_content import TarScanner, summarize
 
     data = hostile_layer()
     scanner = TarScanner(1)
@@ -363,7 +363,7 @@ def test_verify_cli_prints_the_content_summary_and_json_lists_entries(tmp_path: 
 @given(at=st.integers(min_value=0, max_value=20_000), junk=st.binary(min_size=1, max_size=64),
        step=st.integers(min_value=1, max_value=4096))
 def test_property_tar_scanner_never_crashes(at: int, junk: bytes, step: int) -> None:
-    from imgbuild.layer_content import TarScanner, summarize
+    from imgbuild.restore.layer_content import TarScanner, summarize
 
     data = bytearray(hostile_layer())
     at %= len(data)
@@ -376,7 +376,7 @@ def test_property_tar_scanner_never_crashes(at: int, junk: bytes, step: int) -> 
 
 
 def test_inspect_also_takes_set(tmp_path: Path) -> None:
-    from imgbuild.inspect import InspectOptions, inspect_target
+    from imgbuild.restore.inspect import InspectOptions, inspect_target
 
     two_volume_set(tmp_path / "set")
     two_volume_set(tmp_path / "set", set_id="fedcba9876543210")

@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from imgbuild.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
-from imgbuild.engines import Engine
-from imgbuild.errors import ArchiveError, ChecksumMismatch, LoadError, ManifestError
-from imgbuild.load import LoadOptions, VolumeRequest, load_set
-from imgbuild.manifest import Image, SetManifest
+from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
+from imgbuild.engine.connect import Engine
+from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, LoadError, ManifestError
+from imgbuild.restore.load import LoadOptions, VolumeRequest, load_set
+from imgbuild.setformat.manifest import Image, SetManifest
 from tests.support.restore_sets import (copy_set, flip, image_exists, manifest_of, other_engine, parts_of,
                                         random_set, remove_images, rewrite_manifest, set_image_id)
 
@@ -238,7 +238,7 @@ def test_reader_threads_stop_when_the_consumer_gives_up(tmp_path: Path) -> None:
     """A load aborted mid-stream closes the reader and hasher threads instead of leaving them blocked."""
     import threading
 
-    from imgbuild.readahead import FileEnd, HashedReadAhead
+    from imgbuild.discs.readahead import FileEnd, HashedReadAhead
 
     data = os.urandom(3 << 20)
     path = tmp_path / "part"

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from imgbuild import layout
-from imgbuild.engines import Engine
-from imgbuild.errors import LoadError
-from imgbuild.load import LoadOptions, load_set
-from imgbuild.manifest import SetManifest, parse_manifest
+from imgbuild.setformat import layout
+from imgbuild.engine.connect import Engine
+from imgbuild.foundation.errors import LoadError
+from imgbuild.restore.load import LoadOptions, load_set
+from imgbuild.setformat.manifest import SetManifest, parse_manifest
 from tests.support.restore_sets import copy_set, rewrite_manifest, set_image_id
 from tests.test_load import _assert_nothing_loaded, _tags_of, engine_set, loaded  # noqa: F401  (fixtures)
 

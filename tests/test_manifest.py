@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from imgbuild import layout
-from imgbuild.errors import ArchiveError, ManifestError
-from imgbuild.manifest import dump_manifest, parse_manifest
+from imgbuild.setformat import layout
+from imgbuild.foundation.errors import ArchiveError, ManifestError
+from imgbuild.setformat.manifest import dump_manifest, parse_manifest
 
 SET_ID = "0123456789abcdef"
 

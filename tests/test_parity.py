@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild import erasure, layout
-from imgbuild.blockhash import BLOCK_SIZE
-from imgbuild.errors import ArchiveError, ManifestError
-from imgbuild.manifest import dump_manifest, parse_manifest
-from imgbuild.parity import ParityOptions, add_parity_volumes, check_parity, folder_opener, segments
+from imgbuild.parity import erasure
+
+from imgbuild.setformat import layout
+from imgbuild.setformat.blockhash import BLOCK_SIZE
+from imgbuild.foundation.errors import ArchiveError, ManifestError
+from imgbuild.setformat.manifest import dump_manifest, parse_manifest
+from imgbuild.parity.volumes import ParityOptions, add_parity_volumes, check_parity, folder_opener, segments
 from tests.support.synthetic_set import make_set
 
 MIB = 1024 * 1024

@@ -10,10 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from imgbuild.cli import app
-from imgbuild.errors import RecipeError
-from imgbuild.lockfile import Lock, LockedCheckpoint, LockedFile, entry_key, lock_path_for, write_lock
-from imgbuild.plan import FROM_HOST, FROM_RECIPE, UNSET, PlanOptions, plan_recipe
-from imgbuild.recipe import load_recipe
+from imgbuild.foundation.errors import RecipeError
+from imgbuild.checkpoints.lockfile import Lock, LockedCheckpoint, LockedFile, entry_key, lock_path_for, write_lock
+from imgbuild.build.plan import FROM_HOST, FROM_RECIPE, UNSET, PlanOptions, plan_recipe
+from imgbuild.recipe.loader import load_recipe
 
 ENV = {"HF_ENDPOINT": ""}
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild import layout
-from imgbuild.parity import ParityOptions, add_parity_volumes
-from imgbuild.progress import ProgressEvent
-from imgbuild.repair import RepairOptions, repair_set
-from imgbuild.verify import verify_set
+from imgbuild.setformat import layout
+from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
+from imgbuild.foundation.progress import ProgressEvent
+from imgbuild.restore.repair import RepairOptions, repair_set
+from imgbuild.restore.verify import verify_set
 from tests.support.synthetic_set import make_set, write_metadata
 
 MIB = 1024 * 1024

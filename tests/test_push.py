@@ -7,7 +7,6 @@ Deployment sets (read-only root filesystem, non-root user, writable /tmp).
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
 import subprocess
@@ -18,14 +17,14 @@ import kubernetes_validate
 import pytest
 import requests
 
-from imgbuild import layout
-from imgbuild.archive import ArchiveOptions, archive
-from imgbuild.engines import Engine
-from imgbuild.errors import ChecksumMismatch
-from imgbuild.kube import KubeOptions, kube_manifests
-from imgbuild.manifest import parse_manifest
-from imgbuild.push import PushOptions, push_set
-from imgbuild.registry import Registry, RegistryError, RegistryRef
+from imgbuild.setformat import layout
+from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.engine.connect import Engine
+from imgbuild.foundation.errors import ChecksumMismatch
+from imgbuild.fleet.kube import KubeOptions, kube_manifests
+from imgbuild.setformat.manifest import parse_manifest
+from imgbuild.fleet.push import PushOptions, push_set
+from imgbuild.fleet.registry import Registry, RegistryError, RegistryRef
 from tests.support.registry import PASSWORD, USER, LocalRegistry, auth_file, start_registry
 from tests.support.restore_sets import web_image
 

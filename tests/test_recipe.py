@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.errors import RecipeError
-from imgbuild.recipe import allowed_keys, format_key, load_recipe
-from imgbuild.recipe_model import HubCheckpoint, LocalCheckpoint
+from imgbuild.foundation.errors import RecipeError
+from imgbuild.recipe.loader import allowed_keys, format_key, load_recipe
+from imgbuild.recipe.model import HubCheckpoint, LocalCheckpoint
 from tests.support.hostile_recipes import HEADER
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,7 +181,7 @@ def test_readme_full_example_is_a_valid_recipe() -> None:
 
     import yaml
 
-    from imgbuild.recipe_model import Recipe
+    from imgbuild.recipe.model import Recipe
 
     readme = (REPO / "README.md").read_text()
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "apiVersion" in b)

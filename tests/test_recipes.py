@@ -193,5 +193,5 @@ def test_containerfiles_are_well_formed(containerfile: Path) -> None:
         if word.upper() in ("CMD", "ENTRYPOINT") and rest.startswith("["):
             assert all(isinstance(part, str) for part in json.loads(rest))
         if word.upper() == "COPY" and not rest.startswith("--from"):
-            # Only what imgbuild's build context holds (imgbuild/buildcontext.py): app/ and imgbuild/.
+            # Only what imgbuild's build context holds (imgbuild/build/context.py): app/ and imgbuild/.
             assert all(src.split("/")[0] in ("app", "imgbuild") for src in rest.split()[:-1]), line

@@ -14,17 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild import layout
-from imgbuild.archive import ArchiveOptions, archive
-from imgbuild.blockhash import BLOCK_SIZE
-from imgbuild.engines import Engine
-from imgbuild.errors import ArchiveError
-from imgbuild.load import load_set
-from imgbuild.manifest import SetManifest, parse_manifest
-from imgbuild.parity import ParityOptions, add_parity_volumes
-from imgbuild.repair import RepairOptions, repair_set
-from imgbuild.verify import verify_set
-from imgbuild.volume_docs import format_doc
+from imgbuild.setformat import layout
+from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.setformat.blockhash import BLOCK_SIZE
+from imgbuild.engine.connect import Engine
+from imgbuild.foundation.errors import ArchiveError
+from imgbuild.restore.load import load_set
+from imgbuild.setformat.manifest import SetManifest, parse_manifest
+from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
+from imgbuild.restore.repair import RepairOptions, repair_set
+from imgbuild.restore.verify import verify_set
+from imgbuild.setformat.volume_files import format_doc
 from tests.support.synthetic_set import import_random_image, make_set, write_metadata
 
 MIB = 1024 * 1024

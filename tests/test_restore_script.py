@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import shutil
 import subprocess
 import tarfile
@@ -16,9 +15,10 @@ from typing import Any
 import pytest
 import zstandard
 
-from imgbuild import layout
-from imgbuild.manifest import SetManifest, dump_manifest, parse_manifest
-from imgbuild.volume_docs import SetFacts, docker_manifest, readme, restore_script
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import SetManifest, dump_manifest, parse_manifest
+from imgbuild.archive.volume_docs import SetFacts, readme, restore_script
+from imgbuild.setformat.volume_files import docker_manifest
 from tests.support import synthetic_set
 from tests.test_hostile_set import rle_bomb
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgbuild.engines import Engine
-from imgbuild.errors import LoadError, UsageError
-from imgbuild.load import LoadOptions, load_set
-from imgbuild.manifest import RecipeInfo, SetManifest, TextFile
-from imgbuild.recipe_model import HealthCheck, Serve
-from imgbuild.run import RUN_LABEL, RunOptions, load_and_run, pick_image, serve_spec, start_service, stop_and_remove
-from imgbuild.verify import verify_set
+from imgbuild.engine.connect import Engine
+from imgbuild.foundation.errors import LoadError, UsageError
+from imgbuild.restore.load import LoadOptions, load_set
+from imgbuild.setformat.manifest import RecipeInfo, SetManifest, TextFile
+from imgbuild.recipe.model import HealthCheck, Serve
+from imgbuild.restore.run import RUN_LABEL, RunOptions, load_and_run, pick_image, serve_spec, start_service, stop_and_remove
+from imgbuild.restore.verify import verify_set
 from tests.support.restore_sets import (SERVE, make_set, manifest_of, other_engine, set_image_id,
                                         remove_images, unique_prefix, web_image)
 

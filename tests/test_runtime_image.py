@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import requests
 
-from imgbuild.bootstrap import find_image
-from imgbuild.build import BuildOptions, build_recipe
-from imgbuild.recipe import load_recipe
+from imgbuild.engine.images import find_image
+from imgbuild.build.build import BuildOptions, build_recipe
+from imgbuild.recipe.loader import load_recipe
 
 if os.environ.get("CI", "").lower() not in ("true", "1", "yes"):
     pytest.importorskip("imgbuild_runtime")  # scripts/setup.sh installs it; under CI its absence fails the run

@@ -1,4 +1,4 @@
-"""What is inside an image (imgbuild/sbom.py): the collector run on a real Python, the CycloneDX document made
+"""What is inside an image (imgbuild/build/sbom.py): the collector run on a real Python, the CycloneDX document made
 by cyclonedx-python-lib, its summary, the manifest's format 3 references, and on real engines: an archived
 set holds each image's SBOM on every volume, README.txt summarizes it, `imgbuild inspect` reads it back."""
 
@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild import layout
-from imgbuild.archive import ArchiveOptions, archive
-from imgbuild.errors import ManifestError
-from imgbuild.inspect import InspectOptions, inspect_target
-from imgbuild.manifest import dump_manifest, parse_manifest
-from imgbuild.sbom import COLLECT, cyclonedx_json, restricts_use, summarize
-from imgbuild.verify import verify_set
+from imgbuild.setformat import layout
+from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.foundation.errors import ManifestError
+from imgbuild.restore.inspect import InspectOptions, inspect_target
+from imgbuild.setformat.manifest import dump_manifest, parse_manifest
+from imgbuild.build.sbom import COLLECT, cyclonedx_json, restricts_use, summarize
+from imgbuild.restore.verify import verify_set
 from tests.test_manifest import _bytes, _h, valid_manifest
 
 IMAGE_ID = "sha256:" + "ab" * 32

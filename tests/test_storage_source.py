@@ -1,4 +1,4 @@
-"""Layers read from the engine's own storage (imgbuild/storage_source.py) on real engines.
+"""Layers read from the engine's own storage (imgbuild/archive/storage_source.py) on real engines.
 
 Every layer of an image with the awkward cases (hard links, a sparse file, long names, xattrs, whiteouts
 and an opaque folder, an empty layer, a layer shared by two images) is reassembled from tar-split and
@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild import archive as archive_module
-from imgbuild.archive import ArchiveOptions, archive
-from imgbuild.engines import Engine
-from imgbuild import layout
-from imgbuild.manifest import parse_manifest
-from imgbuild.storage_source import (LayerStore, LayerUnreadable, StorageUnavailable, StoredImage, layer_chunks,
+from imgbuild.archive import archive as archive_module
+from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.engine.connect import Engine
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import parse_manifest
+from imgbuild.archive.storage_source import (LayerStore, LayerUnreadable, StorageUnavailable, StoredImage, layer_chunks,
                                      open_store, read_tar_split)
 
 pytestmark = pytest.mark.engine

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild import hostconfig
-from imgbuild.bootstrap import find_image
-from imgbuild.build import BuildOptions, build_recipe
-from imgbuild.engines import connect
-from imgbuild.recipe import load_recipe
-from imgbuild.save_stream import read_save_stream
+from imgbuild.foundation import hostconfig
+from imgbuild.engine.images import find_image
+from imgbuild.build.build import BuildOptions, build_recipe
+from imgbuild.engine.connect import connect
+from imgbuild.recipe.loader import load_recipe
+from imgbuild.archive.save_stream import read_save_stream
 from tests.conftest import ENGINE_HOST_VARS, REPO_ROOT, UniqueTag, in_ci, remove_image
 from tests.test_build import get_json, leftover_stages
 

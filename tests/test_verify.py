@@ -18,11 +18,11 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild import layout
+from imgbuild.setformat import layout
 from imgbuild.cli import app
-from imgbuild.engines import connect
-from imgbuild.verify import VerifyOptions, verify_set
-from imgbuild.volume_docs import format_doc
+from imgbuild.engine.connect import connect
+from imgbuild.restore.verify import VerifyOptions, verify_set
+from imgbuild.setformat.volume_files import format_doc
 from tests.conftest import in_ci
 from tests.support.restore_sets import (HOST_VARS, bad_paths, copy_set, flip, manifest_of, parts_of, random_set,
                                         rewrite_manifest)

@@ -8,11 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imgbuild import layout
-from imgbuild.archive import ArchiveOptions, ArchiveResult, archive
+from imgbuild.archive.archive import ArchiveOptions, ArchiveResult, archive
 from imgbuild.cli.common import EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for
-from imgbuild.engines import connect
-from imgbuild.errors import UsageError
+from imgbuild.engine.connect import connect
+from imgbuild.foundation.errors import UsageError
+from imgbuild.setformat import layout
 
 MEDIA_HELP = ", ".join(f"{name} ({size // layout.MIB:,} MiB)" for name, size in layout.MEDIA_PROFILES.items())
 

@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from imgbuild import layout
-from imgbuild.checks import DEFAULT_INTERVAL_DAYS, CatalogOptions, CatalogReport, list_catalog
 from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit
+from imgbuild.restore.checks import DEFAULT_INTERVAL_DAYS, CatalogOptions, CatalogReport, list_catalog
+from imgbuild.setformat import layout
 
 
 def render_catalog(report: CatalogReport) -> Table | str:

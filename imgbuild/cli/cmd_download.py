@@ -9,9 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from imgbuild.checkpoints.download import DownloadOptions, DownloadResult, download_checkpoints
+from imgbuild.checkpoints.transfer import TransferOptions
 from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit, format_size, progress_for
-from imgbuild.download import DownloadOptions, DownloadResult, download_checkpoints
-from imgbuild.transfer import TransferOptions
+from imgbuild.recipe.loader import load_recipe
 
 
 def render_download(result: DownloadResult) -> Table:
@@ -44,8 +45,6 @@ def download(
 
     A killed download continues from the bytes on disk on the next run.
     """
-    from imgbuild.recipe import load_recipe
-
     loaded = load_recipe(recipe, os.environ)
     options = DownloadOptions(update=update, verify_all=verify_all, workers=workers,
                               transfer=TransferOptions(connections=connections))

@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit,
-                                 progress_for)
-from imgbuild.inspect import InspectOptions, InspectResult, inspect_target
+from imgbuild.cli.common import EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for
+from imgbuild.restore.inspect import InspectOptions, InspectResult, inspect_target
 
 
 def render_inspect(result: InspectResult) -> str:

@@ -11,8 +11,8 @@ from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 
+from imgbuild.build.plan import Plan, PlanOptions, plan_recipe
 from imgbuild.cli.common import JsonOpt, app, cli_command, emit, format_size
-from imgbuild.plan import Plan, PlanOptions, plan_recipe
 
 
 def _value(value: object) -> str:

@@ -10,9 +10,9 @@ import typer
 
 from imgbuild.cli.cmd_restore import DirsArg, ManifestOpt
 from imgbuild.cli.common import JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, progress_for
-from imgbuild.atomicfile import write_atomic
-from imgbuild.kube import KubeOptions, kube_manifests
-from imgbuild.push import PushOptions, PushResult, push_set
+from imgbuild.fleet.kube import KubeOptions, kube_manifests
+from imgbuild.fleet.push import PushOptions, PushResult, push_set
+from imgbuild.foundation.atomicfile import write_atomic
 
 RegistryOpt = Annotated[str, typer.Option(
     "--registry", help="The registry: HOST, HOST:PORT or HOST:PORT/PREFIX. Credentials come from `podman login` or "

@@ -10,13 +10,12 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from imgbuild.build import BuildOptions, BuildResult, build_recipe
-from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for,
-                                 stderr)
-from imgbuild.engines import connect
-from imgbuild.manifest import json_schema as manifest_json_schema
-from imgbuild.recipe import LoadedRecipe, load_recipe
-from imgbuild.recipe_model import Recipe
+from imgbuild.build.build import BuildOptions, BuildResult, build_recipe
+from imgbuild.cli.common import EngineOpt, HostOpt, JsonOpt, VerboseOpt, app, cli_command, emit, progress_for, stderr
+from imgbuild.engine.connect import connect
+from imgbuild.recipe.loader import LoadedRecipe, load_recipe
+from imgbuild.recipe.model import Recipe
+from imgbuild.setformat.manifest import json_schema as manifest_json_schema
 
 RecipeArg = Annotated[Path, typer.Argument(help="Recipe file (YAML, apiVersion: imgbuild/v1).")]
 

@@ -9,8 +9,8 @@ import typer
 from rich.markup import escape
 
 from imgbuild.cli.common import JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, format_size, progress_for
-from imgbuild.damage import describe
-from imgbuild.repair import RepairOptions, RepairResult, repair_set
+from imgbuild.parity.damage import describe
+from imgbuild.restore.repair import RepairOptions, RepairResult, repair_set
 
 
 def render_repair(result: RepairResult) -> str:

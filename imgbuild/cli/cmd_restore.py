@@ -10,14 +10,26 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from imgbuild import layout
-from imgbuild.cli.common import (EngineOpt, HostOpt, JsonOpt, SetOpt, VerboseOpt, app, cli_command, emit, format_size,
-                                 progress_for, stderr)
-from imgbuild.engines import connect
-from imgbuild.errors import UsageError
-from imgbuild.load import LoadOptions, LoadResult, VolumeRequest, load_set
-from imgbuild.run import RunOptions, RunResult, load_and_run
-from imgbuild.verify import VerifyOptions, VerifyReport, verify_set
+from imgbuild.cli.common import (
+    EngineOpt,
+    HostOpt,
+    JsonOpt,
+    SetOpt,
+    VerboseOpt,
+    app,
+    cli_command,
+    emit,
+    format_size,
+    progress_for,
+    stderr,
+)
+from imgbuild.engine.connect import connect
+from imgbuild.foundation.errors import UsageError
+from imgbuild.parity.damage import describe
+from imgbuild.restore.load import LoadOptions, LoadResult, VolumeRequest, load_set
+from imgbuild.restore.run import RunOptions, RunResult, load_and_run
+from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_set
+from imgbuild.setformat import layout
 
 DirsArg = Annotated[list[Path], typer.Argument(help="A set folder, or volume folders (discs), in any places.",
                                                 show_default=False)]
@@ -44,8 +56,6 @@ def render_verify(report: VerifyReport) -> Table | str:
     for problem in report.problems:
         lines.append(f"[red]BAD[/red] {escape(problem.path)}: {escape(problem.detail)}")
     if report.recovery is not None:
-        from imgbuild.damage import describe
-
         lines += [escape(line) for line in describe(report.recovery)]
     lines.append("[green]OK[/green]: every file matches" if report.ok
                  else f"[red]FAILED[/red]: {len(report.problems)} problems")

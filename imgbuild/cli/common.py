@@ -29,8 +29,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console, RenderableType
 from rich.markup import escape
-from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TaskID, TextColumn,
-                           TimeRemainingColumn, TransferSpeedColumn)
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 from typer.core import TyperGroup
 from typer.rich_utils import rich_format_error
 
@@ -39,8 +47,10 @@ try:  # typer 0.2x parses with its own copy of click; earlier typer with click i
 except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
-from imgbuild.errors import BuildFailed, ImgbuildError
-from imgbuild.progress import ProgressCallback, ProgressEvent
+from imgbuild import __version__
+from imgbuild.foundation.errors import BuildFailed, ImgbuildError
+from imgbuild.foundation.progress import ProgressCallback, ProgressEvent
+
 
 class _JsonUsageErrors(TyperGroup):
     """With --json, arguments the parser refuses (exit code 2) also give one JSON document on stdout."""
@@ -88,8 +98,6 @@ HostOpt = Annotated[
 
 def _show_version(value: bool) -> None:
     if value:
-        from imgbuild import __version__
-
         sys.stdout.write(f"imgbuild {__version__}\n")
         raise typer.Exit(0)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from imgbuild.archive import ArchiveOptions, ArchiveResult, archive
-from imgbuild.bootstrap import find_image
-from imgbuild.build import ImageResult
-from imgbuild.load import LoadOptions
-from imgbuild.run import RunOptions, RunResult, load_and_run
-from imgbuild.verify import verify_set
-from imgbuild.volumes import locate_set
+from imgbuild.archive.archive import ArchiveOptions, ArchiveResult, archive
+from imgbuild.engine.images import find_image
+from imgbuild.build.build import ImageResult
+from imgbuild.restore.load import LoadOptions
+from imgbuild.restore.run import RunOptions, RunResult, load_and_run
+from imgbuild.restore.verify import verify_set
+from imgbuild.discs.locate import locate_set
 from tests.conftest import Cleanup, remove_image
 
 

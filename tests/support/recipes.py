@@ -26,9 +26,9 @@ def write_recipe(folder: Path, checkpoints: list[dict[str, Any]], mirror: str | 
 
 
 def load(path: Path) -> Any:
-    """The loaded recipe (imgbuild.recipe.load_recipe when it is there)."""
+    """The loaded recipe (imgbuild.recipe.loader.load_recipe when it is there)."""
     try:
-        from imgbuild.recipe import load_recipe
+        from imgbuild.recipe.loader import load_recipe
     except ImportError:
         return _loaded_from_model(path)
     import os
@@ -39,7 +39,7 @@ def load(path: Path) -> Any:
 def _loaded_from_model(path: Path) -> Any:
     from types import SimpleNamespace
 
-    from imgbuild.recipe_model import Recipe
+    from imgbuild.recipe.model import Recipe
 
     recipe = Recipe.model_validate(json.loads(path.read_text()))
     return SimpleNamespace(recipe=recipe, path=path, folder=path.parent)

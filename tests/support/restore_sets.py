@@ -20,11 +20,11 @@ from typing import Any
 
 import docker.errors
 
-from imgbuild import layout
-from imgbuild.archive import ArchiveOptions, ArchiveResult, archive
-from imgbuild.engines import Engine, connect
-from imgbuild.image_ids import image_store
-from imgbuild.manifest import Image, SetManifest, dump_manifest, parse_manifest
+from imgbuild.setformat import layout
+from imgbuild.archive.archive import ArchiveOptions, ArchiveResult, archive
+from imgbuild.engine.connect import Engine, connect
+from imgbuild.engine.image_ids import image_store
+from imgbuild.setformat.manifest import Image, SetManifest, dump_manifest, parse_manifest
 
 HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
 SERVE = {"port": 8080, "command": ["python3", "-m", "http.server", "8080", "-d", "/srv"],

@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-from imgbuild import layout
-from imgbuild.blockhash import BLOCK_SIZE
-from imgbuild.manifest import SetManifest, dump_manifest, parse_manifest
+from imgbuild.setformat import layout
+from imgbuild.setformat.blockhash import BLOCK_SIZE
+from imgbuild.setformat.manifest import SetManifest, dump_manifest, parse_manifest
 
 SET_ID = "0123456789abcdef"
 

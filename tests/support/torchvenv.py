@@ -75,7 +75,7 @@ def tts_base_env() -> dict[str, str]:
 def podman_cleanup():
     """(Podman engine, Cleanup) for tests that run on Podman only (conftest's `engine` runs a test on every
     engine); skipped or failed like `engine`. What the test registers with the Cleanup is removed after it."""
-    from imgbuild.engines import connect
+    from imgbuild.engine.connect import connect
     from tests.conftest import Cleanup
 
     host = os.environ.get("IMGBUILD_TEST_PODMAN_HOST")

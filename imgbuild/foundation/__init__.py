@@ -1,0 +1,2 @@
+"""Shared foundations every stage uses: the exception tree, atomic small files, progress events, host defaults,
+bounded YAML and the cache folder."""

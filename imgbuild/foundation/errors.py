@@ -1,0 +1,130 @@
+"""The one exception tree of imgbuild.
+
+Every error a user can cause or meet derives from ImgbuildError and carries the context needed to say
+what went wrong and where. The CLI turns them into messages in one place (imgbuild.cli.common.report_error);
+IMGBUILD_TRACEBACK=1 shows the traceback as well.
+"""
+
+from __future__ import annotations
+
+
+class ImgbuildError(Exception):
+    """Root of all imgbuild errors. ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(ImgbuildError):
+    """Wrong flags or arguments, found after parsing (exit code 2)."""
+
+    exit_code = 2
+
+
+class RecipeError(ImgbuildError):
+    """A recipe that cannot be used: names the file, line, column and key path."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str,
+        line: int | None = None,
+        column: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        where = file
+        if line is not None:
+            where += f":{line}"
+            if column is not None:
+                where += f":{column}"
+        text = f"{where}: {key + ': ' if key else ''}{message}"
+        super().__init__(text, hint=hint)
+        self.file = file
+        self.line = line
+        self.column = column
+        self.key = key
+        self.reason = message
+
+
+class EngineError(ImgbuildError):
+    """No engine could be reached, or the engine refused a request."""
+
+
+class BuildFailed(ImgbuildError):
+    """An image build failed: the failing step and the tail of its log."""
+
+    def __init__(self, reason: str, *, step: str | None = None, log_tail: list[str] | None = None) -> None:
+        super().__init__(f"build failed{' at ' + step if step else ''}: {reason}")
+        self.reason = reason
+        self.step = step
+        self.log_tail = log_tail or []
+
+
+class DownloadError(ImgbuildError):
+    """A checkpoint could not be downloaded."""
+
+
+class ChecksumMismatch(ImgbuildError):
+    """A file's content does not match the hash it should have."""
+
+    def __init__(self, path: str, expected: str, actual: str, *, what: str = "sha256") -> None:
+        super().__init__(f"{path}: {what} mismatch: expected {expected}, got {actual}")
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+
+
+class ArchiveError(ImgbuildError):
+    """An archive cannot be written, or a set on disc cannot be read (bad or hostile manifest)."""
+
+
+class ManifestError(ArchiveError):
+    """A set manifest that is malformed, inconsistent or hostile: names the file and the field."""
+
+    def __init__(self, source: str, field: str, reason: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{source}: {field}: {reason}", hint=hint)
+        self.source = source
+        self.field = field
+        self.reason = reason
+
+
+class LoadError(ImgbuildError):
+    """Images could not be loaded or the service could not be started."""
+
+
+class DiskFull(ImgbuildError):
+    """The target file system has no room left."""
+
+    def __init__(self, path: str, needed: int | None = None) -> None:
+        extra = f" ({needed} more bytes needed)" if needed else ""
+        super().__init__(f"no space left on the device holding {path}{extra}")
+        self.path = path
+        self.needed = needed
+
+
+class SbomError(ImgbuildError):
+    """What is inside an image could not be listed (imgbuild.build.sbom)."""
+
+    def __init__(self, image: str, reason: str) -> None:
+        super().__init__(f"{image}: cannot list what is inside: {reason}",
+                         hint="imgbuild reads an image's package lists with the image's own python3 (on its PATH)")
+        self.image = image
+        self.reason = reason
+
+
+class ConstraintsError(ImgbuildError):
+    """A constraints source (`build --constraints`) that cannot be used: names the file or image and line."""
+
+    def __init__(self, source: str, reason: str, *, line: int | None = None, hint: str | None = None) -> None:
+        super().__init__(f"constraints {source}: {reason}", hint=hint)
+        self.source = source
+        self.line = line

@@ -1,0 +1,1 @@
+"""Stage 5, restore: verify, repair, load into an engine, load-and-run, inspect, and the record of checks."""

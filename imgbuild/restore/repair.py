@@ -1,0 +1,308 @@
+"""`imgbuild repair DIR... --out DIR`: rebuild the damaged or missing volumes of a set, then verify them.
+
+1. verify the volumes given (folders or .iso images) and locate the damage to the block (imgbuild.parity.damage);
+2. refuse, naming the stretches, when more than M volumes are bad at the same place;
+3. for each volume to rebuild, write OUT/<folder> (as ``.partial`` first): intact files are copied (and
+   hashed on the way), intact blocks of damaged files are copied, and every bad stretch is decoded from N
+   good volumes (data volumes first, so a lost parity volume costs no decoding); a parity volume's
+   README.txt is generated again; the manifest is the trusted one and SHA256SUMS is made from it;
+4. verify the rebuilt volumes, and with ``iso`` write an ISO image of each.
+
+Only the volumes that need it are written: the rest of the set stays where it is, and load or verify take
+the original folders plus OUT together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from imgbuild.discs.iso import make_volume_isos
+from imgbuild.discs.locate import locate_set, volume_opener
+from imgbuild.foundation.atomicfile import disk_errors, fsync_dir, write_file_atomic
+from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch
+from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
+from imgbuild.parity import erasure
+from imgbuild.parity.damage import Recovery, assess, describe, file_offsets, pick_sources, volume_locations
+from imgbuild.parity.volumes import check_parity, parity_readme, payload_files, segments
+from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_set
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import FileEntry, SetManifest, Volume
+from imgbuild.setformat.volume_files import format_doc, sums_file
+
+COPY_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RepairOptions:
+    out: Path
+    catalog: Path | None = None
+    iso: bool = False
+    set_id: str | None = None  # which set, when the folders hold volumes of several
+    chunk_size: int = erasure.CHUNK
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    set_id: str
+    name: str
+    recovery: Recovery
+    rebuilt: tuple[Path, ...]
+    isos: tuple[Path, ...]
+    bytes_decoded: int
+    bytes_copied: int
+    seconds: float
+    decode_seconds: float
+    check: VerifyReport | None = field(default=None, repr=False)
+
+    @property
+    def decode_throughput(self) -> float:
+        return self.bytes_decoded / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"set_id": self.set_id, "name": self.name, "recovery": self.recovery.to_json(),
+                "rebuilt": [str(p) for p in self.rebuilt], "isos": [str(p) for p in self.isos],
+                "bytes_decoded": self.bytes_decoded, "bytes_copied": self.bytes_copied,
+                "seconds": round(self.seconds, 3), "decode_bytes_per_second": round(self.decode_throughput),
+                "check": self.check.to_json() if self.check else None}
+
+
+def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressCallback = no_progress) -> RepairResult:
+    """Rebuild what is damaged or missing in the set under ``dirs`` into ``options.out``."""
+    started = time.monotonic()
+    located = locate_set(dirs, options.catalog, options.set_id)
+    manifest = located.manifest
+    check_parity(manifest)
+    report = verify_set(dirs, VerifyOptions(catalog=options.catalog, set_id=options.set_id), progress)
+    recovery = assess(manifest, located.folders, report.problems, volume_locations(located.folders))
+    empty = RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0)
+    if not recovery.targets:
+        return empty
+    if not recovery.recoverable:
+        raise ArchiveError("the set cannot be repaired: " + "; ".join(describe(recovery)[-1:]),
+                           hint="verify lists each damaged file and block")
+    # Any OS error while writing (read-only or full file system, ...) names OUT or the file; the staging
+    # folders are removed, so nothing half-written stays under a volume's name.
+    with disk_errors(options.out):
+        options.out.mkdir(parents=True, exist_ok=True)
+    rebuild = _Rebuild(manifest, located.folders, recovery, options, progress)
+    try:
+        with disk_errors(options.out):
+            rebuild.prepare()
+            decode_seconds = rebuild.decode()
+            finals = rebuild.finish(located.manifest_bytes)
+    except BaseException:
+        rebuild.discard()
+        raise
+    check = verify_set(finals, VerifyOptions(catalog=options.catalog, set_id=options.set_id))
+    if not check.ok:
+        first = check.problems[0]
+        raise ArchiveError(f"the rebuilt volumes do not verify: {first.path}: {first.detail}")
+    isos: tuple[Path, ...] = ()
+    if options.iso:
+        with disk_errors(options.out):
+            made = make_volume_isos(options.out, manifest.set_id,
+                                    [(t, manifest.volume(t).folder) for t in recovery.targets])
+        isos = tuple(image.path for image in made)
+    return RepairResult(manifest.set_id, manifest.name, recovery, tuple(finals), isos, rebuild.decoded,
+                        rebuild.copied, time.monotonic() - started, decode_seconds, check)
+
+
+class _Rebuild:
+    """The target volumes' files being written: copies first, then the decoded stretches patched in."""
+
+    def __init__(self, manifest: SetManifest, folders: dict[int, Path], recovery: Recovery,
+                 options: RepairOptions, progress: ProgressCallback) -> None:
+        self.manifest = manifest
+        self.folders = folders
+        self.recovery = recovery
+        self.options = options
+        self.progress = progress
+        self.damaged = {(d.volume, d.path): d for d in recovery.damaged}
+        self.staging = {t: layout.partial(options.out / manifest.volume(t).folder) for t in recovery.targets}
+        self.fds: dict[tuple[int, str], int] = {}
+        self.copied = 0
+        self.decoded = 0
+
+    def prepare(self) -> None:
+        """Create every file of every target: intact content copied, the rest left as zeros to be patched."""
+        for number, staging in self.staging.items():
+            final = staging.with_name(staging.name.removesuffix(layout.PARTIAL_SUFFIX))
+            if final.exists():
+                raise ArchiveError(f"{final} already exists; repair writes only into new folders",
+                                   hint="choose another --out or remove the old repair")
+            shutil.rmtree(staging, ignore_errors=True)
+            volume = self.manifest.volume(number)
+            opener = volume_opener(self.folders[number]) if number in self.folders else None
+            for entry in volume.files:
+                path = staging / entry.path
+                with disk_errors(path):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    fd = os.open(layout.partial(path), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                self.fds[(number, entry.path)] = fd
+                with disk_errors(path):
+                    os.ftruncate(fd, entry.size)
+                damaged = self.damaged.get((number, entry.path))
+                if opener is None:
+                    continue
+                if damaged is None:
+                    self._copy_whole(opener, entry, fd)
+                else:
+                    self._copy_good_blocks(opener, entry, fd, set(damaged.bad_blocks))
+
+    def _copy_whole(self, opener: erasure.Opener, entry: FileEntry, fd: int) -> None:
+        hasher = hashlib.sha256()
+        with opener(entry.path) as src:
+            offset = 0
+            while chunk := src.read(COPY_CHUNK):
+                hasher.update(chunk)
+                os.pwrite(fd, chunk, offset)
+                offset += len(chunk)
+        if offset != entry.size or hasher.hexdigest() != entry.sha256:
+            raise ChecksumMismatch(entry.path, entry.sha256, hasher.hexdigest(), what="sha256 (changed while repairing)")
+        self.copied += offset
+
+    def _copy_good_blocks(self, opener: erasure.Opener, entry: FileEntry, fd: int, bad: set[int]) -> None:
+        block = self.manifest.block_size
+        if not block:
+            return
+        try:
+            src = opener(entry.path)
+        except (OSError, ArchiveError):
+            return
+        with src:
+            for index in range(-(-entry.size // block)):
+                if index in bad:
+                    continue
+                src.seek(index * block)
+                data = src.read(min(block, entry.size - index * block))
+                os.pwrite(fd, data, index * block)
+                self.copied += len(data)
+
+    def decode(self) -> float:
+        """Decode every bad stretch from N good volumes and write it into the target files."""
+        parity = self.manifest.parity
+        stretches = self.recovery.stretches
+        if not stretches:
+            return 0.0
+        assert parity is not None
+        n, m = parity.data_volumes, parity.parity_volumes
+        streams = {v.number: erasure.PayloadStream(segments(v), self._source_opener(v.number))
+                   for v in self.manifest.volumes}
+        writers = {t: _StreamWriter(self.manifest.volume(t), self.fds) for t in self.recovery.targets}
+        total = sum(s.end - s.start for s in stretches)
+        done = 0
+        seconds = 0.0
+        try:
+            for stretch in stretches:
+                sources = pick_sources(self.manifest, stretch.bad)
+                pieces = list(erasure.chunks(stretch.end, self.options.chunk_size, stretch.start))
+                blocks = erasure.read_ahead([streams[v] for v in sources], pieces)
+                for (offset, size), read in zip(pieces, blocks):
+                    have = {v - 1: block for v, block in zip(sources, read)}
+                    tick = time.monotonic()
+                    out = erasure.rebuild(n, m, have, [v - 1 for v in sorted(stretch.bad)])
+                    seconds += time.monotonic() - tick
+                    for v in stretch.bad:
+                        writers[v].write_at(offset, out[v - 1])
+                    done += size
+                    self.decoded += size * len(stretch.bad)
+                    self.progress(ProgressEvent(task="repair: decode", done=done, total=total))
+        finally:
+            for stream in streams.values():
+                stream.close()
+        self.progress(ProgressEvent(task="repair: decode", done=done, total=total, finished=True))
+        return seconds
+
+    def _source_opener(self, number: int) -> erasure.Opener:
+        if number in self.folders:
+            return volume_opener(self.folders[number])
+
+        def lost(name: str) -> BinaryIO:
+            raise ArchiveError(f"volume {number} is missing; {name} cannot be read from it")
+
+        return lost
+
+    def finish(self, manifest_bytes: bytes) -> list[Path]:
+        """Check every rebuilt file against the manifest, give it its name, add manifest and SHA256SUMS."""
+        finals = []
+        manifest_sha = hashlib.sha256(manifest_bytes).hexdigest()
+        for number, staging in self.staging.items():
+            volume = self.manifest.volume(number)
+            for entry in volume.files:
+                if volume.role == "parity" and entry.path == layout.README_NAME:
+                    os.pwrite(self.fds[(number, entry.path)], parity_readme(self.manifest, number), 0)
+                if volume.role == "parity" and entry.path == layout.FORMAT_DOC_NAME and (
+                        (number, entry.path) in self.damaged or number not in self.folders):
+                    os.pwrite(self.fds[(number, entry.path)], self._format_doc(entry), 0)
+                self._seal(staging, number, entry)
+            write_file_atomic(staging / layout.MANIFEST_NAME, manifest_bytes)
+            write_file_atomic(staging / layout.SUMS_NAME, sums_file(volume.files, manifest_sha))
+            for sub in sorted({p.parent for p in staging.rglob("*") if p.is_file()}, reverse=True):
+                fsync_dir(sub)
+            final = staging.with_name(staging.name.removesuffix(layout.PARTIAL_SUFFIX))
+            with disk_errors(final):
+                os.replace(staging, final)
+            finals.append(final)
+        fsync_dir(self.options.out)
+        return finals
+
+    def _format_doc(self, entry: FileEntry) -> bytes:
+        """A parity volume's FORMAT.md is in no payload stream: the copy on another volume, or this imgbuild's
+        own when it is the same text (_seal checks the sha256 either way)."""
+        for location in self.folders.values():
+            try:
+                with volume_opener(location)(layout.FORMAT_DOC_NAME) as fh:
+                    data = fh.read(entry.size + 1)
+            except (OSError, ArchiveError):
+                continue
+            if hashlib.sha256(data).hexdigest() == entry.sha256:
+                return data
+        return format_doc()
+
+    def _seal(self, staging: Path, number: int, entry: FileEntry) -> None:
+        fd = self.fds.pop((number, entry.path))
+        hasher = hashlib.sha256()
+        offset = 0
+        try:
+            while offset < entry.size:
+                chunk = os.pread(fd, min(COPY_CHUNK, entry.size - offset), offset)
+                hasher.update(chunk)
+                offset += len(chunk)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        path = staging / entry.path
+        if hasher.hexdigest() != entry.sha256:
+            raise ChecksumMismatch(str(path), entry.sha256, hasher.hexdigest(), what="sha256 of the rebuilt file")
+        os.replace(layout.partial(path), path)
+
+    def discard(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        for staging in self.staging.values():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class _StreamWriter:
+    """Writes bytes of a volume's payload stream into its files (open ``.partial`` fds) at the right place."""
+
+    def __init__(self, volume: Volume, fds: dict[tuple[int, str], int]) -> None:
+        self.number = volume.number
+        starts = file_offsets(volume)
+        self.files = [(starts[entry.path], entry) for entry in payload_files(volume)]
+        self.fds = fds
+
+    def write_at(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        for start, entry in self.files:
+            lo, hi = max(offset, start), min(end, start + entry.size)
+            if lo < hi:
+                os.pwrite(self.fds[(self.number, entry.path)], data[lo - offset:hi - offset], lo - start)
