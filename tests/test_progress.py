@@ -3,6 +3,7 @@ the total and end finished; the CLI draws bars only on a terminal, never for --j
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -11,12 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
+from rich.console import Console
+from rich.progress import Progress
 
-from imgbuild.setformat import layout
-from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
+from imgbuild.cli.common import _AmountColumn, _RichProgress, _SpeedColumn
 from imgbuild.foundation.progress import ProgressEvent
+from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
 from imgbuild.restore.repair import RepairOptions, repair_set
 from imgbuild.restore.verify import verify_set
+from imgbuild.setformat import layout
 from tests.support.synthetic_set import make_set, write_metadata
 
 MIB = 1024 * 1024
@@ -80,3 +84,15 @@ def test_bars_only_on_a_terminal(tmp_path: Path) -> None:
     assert "OK" in out and "━" not in out + err  # a pipe: no bar
     out, _ = run_cli(["verify", str(root)], tty=True)
     assert "verify" in out and "━" in out  # a terminal: rich's bar
+
+
+def test_each_bar_counts_in_its_tasks_unit() -> None:
+    """A build's steps show as "3/7 steps", bytes as sizes with a speed, side by side in one display."""
+    bars = Progress(_AmountColumn(), _SpeedColumn(), console=Console(file=io.StringIO(), force_terminal=True))
+    show = _RichProgress(bars, show_messages=False)
+    show(ProgressEvent(task="build app", done=3, total=7, unit="steps"))
+    show(ProgressEvent(task="download model.pth", done=3 << 20, total=8 << 20))
+    steps, data = bars.tasks
+    assert str(_AmountColumn().render(steps)) == "3/7 steps"
+    assert str(_SpeedColumn().render(steps)) == ""
+    assert "MB" in str(_AmountColumn().render(data)) and "steps" not in str(_AmountColumn().render(data))

@@ -78,7 +78,7 @@ def build(
 ) -> None:
     """Build the base and app images of a recipe (live build log; unchanged layers are reused)."""
     loaded = load_recipe(recipe)
-    with progress_for(json_out, verbose, unit="steps") as progress, connect(engine, host, progress=progress) as eng:
+    with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as eng:
         if not json_out:
             stderr.print(f"engine: {eng.kind} {eng.version} at {eng.host}", highlight=False)
         result = build_recipe(loaded, eng, BuildOptions(rebuild=rebuild, constraints=constraints), progress)

@@ -34,11 +34,14 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.text import Text
 from typer.core import TyperGroup
 from typer.rich_utils import rich_format_error
 
@@ -214,23 +217,50 @@ class _RichProgress:
         if task is None:
             if event.finished and not event.done:
                 return
-            task = self.progress.add_task(event.task, total=event.total, completed=event.done)
+            task = self.progress.add_task(event.task, total=event.total, completed=event.done, unit=event.unit)
             self.tasks[event.task] = task
         self.progress.update(task, completed=event.done, total=event.total)
         if event.finished:
             self.progress.update(task, completed=event.total or event.done, total=event.total or event.done)
 
 
+class _AmountColumn(ProgressColumn):
+    """Done and total in the task's own unit: bytes as sizes, anything else ("steps", "files") as counts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sizes = DownloadColumn()
+        self.counts = MofNCompleteColumn()
+
+    def render(self, task: Task) -> Text:
+        unit = task.fields.get("unit", "bytes")
+        if unit == "bytes":
+            return self.sizes.render(task)
+        counts = self.counts.render(task)
+        counts.append(f" {unit}")
+        return counts
+
+
+class _SpeedColumn(ProgressColumn):
+    """Bytes per second for tasks counted in bytes; nothing for other units."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.speed = TransferSpeedColumn()
+
+    def render(self, task: Task) -> Text:
+        return self.speed.render(task) if task.fields.get("unit", "bytes") == "bytes" else Text("")
+
+
 @contextmanager
-def progress_for(json_mode: bool, verbose: bool, unit: str = "bytes") -> Iterator[ProgressCallback]:
-    """A progress callback: bars on a TTY; log lines on a TTY or with -v; nothing for --json (unless -v)."""
+def progress_for(json_mode: bool, verbose: bool) -> Iterator[ProgressCallback]:
+    """A progress callback: bars on a TTY, each in its task's unit (ProgressEvent.unit); log lines on a TTY
+    or with -v; nothing for --json (unless -v)."""
     tty = stderr.is_terminal
     show_messages = verbose or (tty and not json_mode)
     if not tty or json_mode:
         yield _RichProgress(None, show_messages)  # without messages it still prints warnings
         return
-    columns = [TextColumn("{task.description}"), BarColumn()]
-    columns += ([DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()])
-    columns.append(TimeRemainingColumn())
+    columns = [TextColumn("{task.description}"), BarColumn(), _AmountColumn(), _SpeedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=stderr, transient=True) as bars:
         yield _RichProgress(bars, show_messages)
