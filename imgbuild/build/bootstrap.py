@@ -20,6 +20,8 @@ from pathlib import Path
 import docker.errors
 
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.images import find_image, image_labels, split_tag
+from imgbuild.foundation.cachedir import default_cache_dir
 from imgbuild.foundation.errors import BuildFailed, EngineError, UsageError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe.model import Bootstrap
