@@ -1,5 +1,6 @@
 """The package's plan holds: stages import only stages below them (import-linter's contracts in
-pyproject.toml), and no module imports imgbuild code inside a function, where a cycle could hide."""
+pyproject.toml), no module imports imgbuild code inside a function, where a cycle could hide, and every name
+a module uses is defined (pyflakes' checks through ruff, so a moved function cannot leave a caller behind)."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "imgbuild"
 
 
+def tool(name: str) -> str:
+    found = shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        pytest.fail(f"{name} is missing: install the test extra (pip install -e .[test])")
+    return found
+
+
 def test_import_contracts_are_kept() -> None:
-    lint = shutil.which("lint-imports", path=str(Path(sys.executable).parent))
-    if lint is None:
-        pytest.fail("lint-imports is missing: install the test extra (pip install -e .[test])")
-    result = subprocess.run([lint], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([tool("lint-imports")], cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
 
@@ -47,3 +52,11 @@ def test_no_module_imports_imgbuild_inside_a_function() -> None:
              for path in sorted(PACKAGE.rglob("*.py"))
              if (lines := function_level_imports(path.read_text()))}
     assert found == {}
+
+
+def test_every_name_used_is_defined_and_every_import_used() -> None:
+    # --no-respect-gitignore: imgbuild/build/ must be checked although a top-level build/ is ignored
+    result = subprocess.run([tool("ruff"), "check", "--select", "F", "--no-respect-gitignore", "--output-format",
+                             "concise", "imgbuild", "runtime/imgbuild_runtime"],
+                            cwd=PACKAGE.parent, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
