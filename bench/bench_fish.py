@@ -3,7 +3,8 @@
 Stand-in weights: the `real`-size fish-speech-1.2-sft stand-in (tests/support/standins/fish12.py: the
 published architecture and file sizes, random values). Speed on it is real; its audio is noise, and random
 weights never end a sentence by themselves, so every sentence generates exactly --tokens-per-sentence
-semantic tokens (the default, 2 x 105 = 210 tokens, is about 10 s of audio).
+semantic tokens, the last of which ends it and is not audio (the default, 2 x 105 = 210 tokens, makes
+2 x 104 x 1024 samples, 4.8 s of 44.1 kHz audio).
 
 Measured, each in its own process (so peak RSS is its own):
   (a) fish-speech 1.2's tools.api as seed 000 runs it: its module's `inference()` with the models its
@@ -14,9 +15,14 @@ Measured, each in its own process (so peak RSS is its own):
       empty funasr module stands in for that import.
   (b) tools.api has no fp32 switch: `--half` selects fp16, so there is no (b) row.
   (c) the bundled engine (imgbuild_runtime.fish_engine) at the precision it chooses on this CPU.
-Each with no reference voice, then a reference voice twice (first and second request for it).
-Printed per request: seconds of compute per second of audio (RTF), time to first audio, semantic tokens
-per second, and per process the peak RSS; then (a)/(c), and the memory-bandwidth bound: weight bytes read per
+Each side first serves one unmeasured request of the same size with another reference voice, which pays
+what only a process's first request pays (librosa's first load in (a), the decoder's kernels at this length,
+caches growing); then the measured ones: no reference voice, then a new reference voice twice. "reference,
+1st" is the first request with that voice (both sides encode it; (a) does on every request), "reference, 2nd"
+the same voice again ((c) takes its codes from the reference cache and its prompt's keys and values from the
+generation cache). Printed per request: seconds of compute per second of audio (RTF), time to first audio
+and to the end of the first sentence's compute (reference encoding, the sentence's generation and its
+decoding), semantic tokens per second, and per process the peak RSS; then (a)/(c), and the memory-bandwidth bound: weight bytes read per
 token over this machine's copy bandwidth (a STREAM-like numpy copy, bytes read + written per second).
 
 Run in .venv-torch (scripts/setup_torch.sh): .venv-torch/bin/python bench/bench_fish.py [--skip-fish]
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import resource
 import subprocess
@@ -45,14 +52,15 @@ sys.path.insert(0, str(REPO / "runtime"))
 TEXT = ("The disc was burned on a quiet evening, and it still reads back without a single error. "
         "Every volume carries its own checksum, so a scratch shows up before it costs anything.")
 REF_TEXT = "This recording is the voice that the model should imitate."
+WARMUP_REF_TEXT = "Another voice serves the request that warms the process up."
 SAMPLING = {"top_p": 0.7, "repetition_penalty": 1.2, "temperature": 0.7, "chunk_length": 100}
 
 
-def reference_wav(path: Path, seconds: float = 3.0, rate: int = 44100) -> Path:
+def reference_wav(path: Path, seconds: float = 3.0, rate: int = 44100, pitch: float = 180) -> Path:
     import soundfile
 
     t = np.arange(int(seconds * rate)) / rate
-    voice = 0.2 * np.sin(2 * np.pi * 180 * t + 3 * np.sin(2 * np.pi * 4 * t)) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
+    voice = 0.2 * np.sin(2 * np.pi * pitch * t + 3 * np.sin(2 * np.pi * 4 * t)) * (0.6 + 0.4 * np.sin(2 * np.pi * 2 * t))
     soundfile.write(path, voice.astype(np.float32), rate)
     return path
 
@@ -80,17 +88,28 @@ def weight_bytes_per_token(model) -> int:  # type: ignore[no-untyped-def]
 
 
 class Timer:
-    """Wraps a function to add up its wall time (instrumentation only; the call is unchanged)."""
+    """Wraps a function to add up its wall time and note when each call ended (instrumentation only)."""
 
     def __init__(self, fn):  # type: ignore[no-untyped-def]
-        self.fn, self.seconds = fn, 0.0
+        self.fn, self.seconds, self.ends = fn, 0.0, []
 
     def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         started = time.perf_counter()
         try:
             return self.fn(*args, **kwargs)
         finally:
-            self.seconds += time.perf_counter() - started
+            self.ends.append(time.perf_counter())
+            self.seconds += self.ends[-1] - started
+
+    def reset(self) -> None:
+        self.seconds, self.ends = 0.0, []
+
+
+def requests_to_measure(ref: Path) -> list[tuple[str, Path | None, str | None]]:
+    """(label, reference audio, its text): the unmeasured warm-up with another voice, then the measured ones."""
+    warm = reference_wav(ref.with_name("warmup-ref.wav"), seconds=2.5, pitch=240)
+    return [("warm-up", warm, WARMUP_REF_TEXT), ("no reference", None, None),
+            ("reference, 1st", ref, REF_TEXT), ("reference, 2nd", ref, REF_TEXT)]
 
 
 def child_fish_api(checkpoint: Path, ref: Path, tokens: int, threads: int) -> dict:
@@ -123,10 +142,11 @@ def child_fish_api(checkpoint: Path, ref: Path, tokens: int, threads: int) -> di
     api.encode_reference, api.decode_vq_tokens = encode, decode
     rate = api.decoder_model.spec_transform.sample_rate
     requests = []
-    for label, reference in (("no reference", None), ("reference, 1st", ref), ("reference, 2nd", ref)):
-        encode.seconds = decode.seconds = 0.0
+    for label, reference, ref_text in requests_to_measure(ref):
+        encode.reset()
+        decode.reset()
         req = api.InvokeRequest(text=TEXT, reference_audio=str(reference) if reference else None,
-                                reference_text=REF_TEXT if reference else None, max_new_tokens=tokens,
+                                reference_text=ref_text, max_new_tokens=tokens,
                                 streaming=True, ref_json=None, ref_base=None, **SAMPLING)
         started = time.perf_counter()
         first = None
@@ -137,21 +157,25 @@ def child_fish_api(checkpoint: Path, ref: Path, tokens: int, threads: int) -> di
                 samples += len(chunk) // 2
         total = time.perf_counter() - started
         codes = samples // 1024  # 2 x 512 samples per semantic token
-        requests.append(row(label, total, first, samples / rate, codes, total - encode.seconds - decode.seconds,
-                            encode.seconds, decode.seconds))
-    return {"name": "(a) fish-speech tools.api, bf16", "load": load, "requests": requests,
+        requests.append(row(label, total, first, decode.ends[0] - started, samples / rate, codes,
+                            total - encode.seconds - decode.seconds, encode.seconds, decode.seconds))
+    return {"name": "(a) fish-speech tools.api, bf16", "load": load, "warmup": requests.pop(0), "requests": requests,
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile: bool) -> dict:
     """(c): the bundled engine, with the server's reference cache in front of it."""
-    import torch
 
     from imgbuild_runtime.engine import SynthesisOptions
     from imgbuild_runtime.fish_engine import FishSpeechEngine
     from imgbuild_runtime.refcache import ReferenceCache
     from imgbuild_runtime.voices import ReferencePair
 
+    choices: list[str] = []  # the engine's log lines that say which precision it chose and why
+    handler = logging.Handler()
+    handler.emit = lambda record: choices.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("imgbuild_runtime.fish_engine").addHandler(handler)
+    logging.getLogger("imgbuild_runtime.fish_engine").setLevel(logging.INFO)
     started = time.perf_counter()
     engine = FishSpeechEngine(checkpoint, threads=threads, precision=os.environ.get("BENCH_PRECISION", "auto"))
     engine.load()
@@ -162,14 +186,17 @@ def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile
     encode = cache._encode
     decode = Timer(engine.decode)
     engine.decode = decode  # type: ignore[method-assign]
-    lab = ref.with_suffix(".lab")
-    lab.write_text(REF_TEXT, encoding="utf-8")
-    pair = ReferencePair(audio=ref, text=lab)
     requests = []
-    for label, use_ref in (("no reference", False), ("reference, 1st", True), ("reference, 2nd", True)):
-        encode.seconds = decode.seconds = 0.0
+    for label, reference, ref_text in requests_to_measure(ref):
+        encode.reset()
+        decode.reset()
+        refs = []
+        if reference is not None:
+            lab = reference.with_suffix(".lab")
+            lab.write_text(ref_text or "", encoding="utf-8")
         started = time.perf_counter()
-        refs = [cache.get_pair(pair)] if use_ref else []
+        if reference is not None:
+            refs = [cache.get_pair(ReferencePair(audio=reference, text=lab))]
         first = None
         samples = 0
         options = SynthesisOptions(sampling={**SAMPLING, "max_new_tokens": tokens}, low_latency=True)
@@ -177,9 +204,11 @@ def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile
             first = first if first is not None else time.perf_counter() - started
             samples += chunk.size
         total = time.perf_counter() - started
-        requests.append(row(label, total, first, samples / engine.sample_rate, samples // 1024,
-                            total - encode.seconds - decode.seconds, encode.seconds, decode.seconds))
-    result = {"name": f"(c) bundled engine, {engine.precision} (decoder {engine.decoder_precision})", "load": load, "requests": requests,
+        requests.append(row(label, total, first, decode.ends[0] - started, samples / engine.sample_rate,
+                            samples // 1024, total - encode.seconds - decode.seconds, encode.seconds,
+                            decode.seconds))
+    result = {"name": f"(c) bundled engine, {engine.precision} (decoder {engine.decoder_precision})", "load": load,
+              "choices": choices, "warmup": requests.pop(0), "requests": requests,
               "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "weight_bytes_per_token": weight_bytes_per_token(generator.model), "precision": engine.precision}
     if profile:
@@ -196,9 +225,10 @@ def profile_tokens(engine, tokens: int) -> list[str]:  # type: ignore[no-untyped
     return table.splitlines()
 
 
-def row(label: str, total: float, first: float | None, audio: float, codes: int, generate: float,
-        encode: float, decode: float) -> dict:
-    return {"request": label, "total": total, "first_audio": first, "audio_seconds": audio, "tokens": codes,
+def row(label: str, total: float, first: float | None, first_sentence: float, audio: float, codes: int,
+        generate: float, encode: float, decode: float) -> dict:
+    return {"request": label, "total": total, "first_audio": first, "first_sentence": first_sentence,
+            "audio_seconds": audio, "tokens": codes,
             "rtf": total / audio if audio else float("inf"), "tokens_per_s": codes / generate if generate else 0.0,
             "encode": encode, "decode": decode}
 
@@ -216,12 +246,15 @@ def run_child(kind: str, args: argparse.Namespace, checkpoint: Path, ref: Path) 
 
 def show(result: dict) -> None:
     print(f"\n{result['name']}: load {result['load']:.1f} s, peak RSS {result['peak_rss'] / 2**20:.0f} MiB")
-    print(f"  {'request':16} {'RTF':>7} {'1st audio':>10} {'tok/s':>7} {'tokens':>6} {'audio s':>8} "
-          f"{'encode s':>9} {'decode s':>9} {'total s':>8}")
-    for r in result["requests"]:
+    for line in result.get("choices", []):
+        print(f"  {line}")
+    print(f"  {'request':16} {'RTF':>7} {'1st audio':>10} {'1st sent.':>10} {'tok/s':>7} {'tokens':>6} "
+          f"{'audio s':>8} {'encode s':>9} {'decode s':>9} {'total s':>8}")
+    for r in [{**result["warmup"], "request": "(warm-up)"}, *result["requests"]]:
         first = f"{r['first_audio']:.1f}" if r["first_audio"] is not None else "-"
-        print(f"  {r['request']:16} {r['rtf']:7.2f} {first:>10} {r['tokens_per_s']:7.2f} {r['tokens']:6d} "
-              f"{r['audio_seconds']:8.2f} {r['encode']:9.2f} {r['decode']:9.2f} {r['total']:8.1f}")
+        print(f"  {r['request']:16} {r['rtf']:7.2f} {first:>10} {r['first_sentence']:10.1f} "
+              f"{r['tokens_per_s']:7.2f} {r['tokens']:6d} {r['audio_seconds']:8.2f} {r['encode']:9.2f} "
+              f"{r['decode']:9.2f} {r['total']:8.1f}")
 
 
 def main() -> int:
@@ -261,6 +294,9 @@ def main() -> int:
     print(f"stand-in weights (random values, real architecture): {checkpoint}")
     print(f"text: 2 sentences x {args.tokens_per_sentence} semantic tokens; threads {args.threads}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs", flush=True)
+    print("each side first serves a request with another voice (warm-up: shown, not compared); '1st sent.' is "
+          "when the first sentence's\ncompute ended (reference encoding, its generation, its decoding); "
+          "'reference, 1st' is a new voice's first request, '2nd' the same voice again", flush=True)
     bandwidth = copy_bandwidth()
     results = [run_child("engine", args, checkpoint, ref)]
     show(results[0])
@@ -274,13 +310,14 @@ def main() -> int:
           f"{ours['weight_bytes_per_token'] / 1e9:.2f} GB -> bound {bound:.2f} tokens/s")
     for r in ours["requests"]:
         print(f"  (c) {r['request']:16} {r['tokens_per_s']:.2f} tokens/s = {100 * r['tokens_per_s'] / bound:.0f} % "
-              f"of the bound; first audio {r['first_audio']:.1f} s")
+              f"of the bound; first audio {r['first_audio']:.1f} s, first sentence computed "
+              f"{r['first_sentence']:.1f} s, whole request {r['total']:.1f} s")
     if len(results) == 2:
         for a, c in zip(results[1]["requests"], ours["requests"]):
             print(f"  (a)/(c) {a['request']:16} compute per audio second {a['rtf'] / c['rtf']:.1f}x, "
                   f"first audio {a['first_audio'] / c['first_audio']:.1f}x, "
                   f"tokens/s {c['tokens_per_s'] / a['tokens_per_s']:.1f}x")
-        print(f"  (a) fish-speech tools.api semantic tokens/s: "
+        print("  (a) fish-speech tools.api semantic tokens/s: "
               + ", ".join(f"{r['request']} {r['tokens_per_s']:.2f}" for r in results[1]["requests"]))
     for line in ours.get("profile", []):
         print("  " + line)

@@ -162,6 +162,29 @@ def test_engine_tokens_equal_fish_speech_generate_long(fish, checkpoint: Path) -
             assert a.shape == b.shape and a.shape[1] > 0 and torch.equal(a, b)
 
 
+@needs_torch
+def test_bf16_one_token_linear_is_f_linear() -> None:
+    """In bf16 generation a one-token linear layer runs as torch.mv, faster than F.linear but the same values."""
+    import torch
+    import torch.nn.functional as F
+
+    from imgbuild_runtime.fish_engine import import_fish_speech
+
+    import_fish_speech()
+    from imgbuild_runtime.fish_generate import linear
+
+    torch.manual_seed(SEED)
+    for out_features, in_features in ((64, 32), (37, 53), (1280, 1024), (1024, 4096)):
+        weight = torch.randn(out_features, in_features).to(torch.bfloat16)
+        bias = torch.randn(out_features).to(torch.bfloat16)
+        for shape in ((1, 1, in_features), (1, in_features), (3, in_features)):
+            x = torch.randn(*shape).to(torch.bfloat16)
+            assert torch.equal(linear(x, weight), F.linear(x, weight))
+            assert torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))
+        x32 = torch.randn(1, in_features)
+        assert torch.equal(linear(x32, weight.float()), F.linear(x32, weight.float()))
+
+
 def voice_samples(hz: float) -> tuple[np.ndarray, int]:
     t = np.arange(22050 * 2) / 22050
     return (0.3 * np.sin(2 * np.pi * hz * t)).astype(np.float32), 22050
