@@ -12,12 +12,12 @@ import io
 import os
 import re
 import shutil
-import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgbuild.foundation.errors import ArchiveError
+from imgbuild.discs.sources import EntryType, Listing, VolumeSource
+from imgbuild.foundation.errors import ArchiveError, FileFault, VolumeFileError
 
 ISO_SUFFIX = ".iso"
 SECTOR = 2048
@@ -131,13 +131,15 @@ class ExtentReader(io.RawIOBase):
         super().close()
 
 
-class IsoVolume:
-    """The regular files of one .iso image, by their Rock Ridge path (Joliet, then ISO 9660 as fallbacks)."""
+class IsoVolume(VolumeSource):
+    """A volume read from its .iso image: the regular files by their Rock Ridge path (Joliet, then ISO 9660
+    as fallbacks), each read from its extent of the image."""
 
     def __init__(self, path: Path) -> None:
         import pycdlib  # imported here: only ISO users pay for it
 
-        self.path = Path(path)
+        super().__init__(Path(path), volume_name(Path(path)))
+        self.path = self.location
         iso_size = self.path.stat().st_size
         iso = pycdlib.PyCdlib()
         try:
@@ -159,12 +161,22 @@ class IsoVolume:
             if entry.size < 0 or entry.offset + entry.size > iso_size:
                 raise ArchiveError(f"{self.path}: {entry.name} lies beyond the end of the image (truncated?)")
 
-    def open(self, name: str) -> io.BufferedReader:
-        """Open one file of the image for streaming reads (a buffered, seekable reader)."""
-        entry = self.files.get(name)
+    def _entry(self, relative: str) -> IsoEntry:
+        entry = self.files.get(relative)
         if entry is None:
-            raise FileNotFoundError(f"{self.path}: no file {name!r} in this image")
-        return io.BufferedReader(ExtentReader(self.path, entry), buffer_size=1 << 20)
+            raise VolumeFileError(str(self.path), relative, FileFault.MISSING, "no such file in the image")
+        return entry
+
+    def size(self, relative: str) -> int:
+        return self._entry(relative).size
+
+    def _open_raw(self, relative: str) -> io.RawIOBase:
+        return ExtentReader(self.path, self._entry(relative))
+
+    def list(self) -> Listing:
+        entries = {name: EntryType.FOLDER for name in self.dirs}
+        entries.update({name: EntryType.FILE for name in self.files})
+        return Listing(dict(sorted(entries.items())), {name: e.size for name, e in self.files.items()})
 
 
 def _index(iso: object) -> tuple[dict[str, IsoEntry], set[str]]:
@@ -209,81 +221,6 @@ def make_volume_isos(out: Path, set_id: str, volumes: list[tuple[int, str]], reu
         else:
             images.append(make_iso(out / folder, path, label))
     return images
-
-
-# ---- .iso files as volumes for verify, load and repair (imgbuild/discs/locate.py dispatches here)
-
-_OPEN: dict[tuple[str, int, int], IsoVolume] = {}
-
-
-def open_iso(path: Path) -> IsoVolume:
-    """The parsed image, cached while the file is unchanged (verify and load look up many members)."""
-    st = path.stat()
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _OPEN:
-        _OPEN.clear()  # keep one: a run reads one volume after the other
-        _OPEN[key] = IsoVolume(path)
-    return _OPEN[key]
-
-
-class IsoMember:
-    """A file inside an .iso volume where verify and load expect a volume file's Path.
-
-    It offers what they use of a Path (str, name, lstat, read_bytes) plus ``open_raw`` for the reader
-    thread; it has no __fspath__, so an os call that was not taught about .iso volumes fails loudly.
-    """
-
-    def __init__(self, volume: IsoVolume, entry: IsoEntry) -> None:
-        self.volume = volume
-        self.entry = entry
-        self.name = entry.name.rsplit("/", 1)[-1]
-
-    def __str__(self) -> str:
-        return f"{self.volume.path}/{self.entry.name}"
-
-    def __repr__(self) -> str:
-        return f"IsoMember({str(self)!r})"
-
-    def lstat(self) -> os.stat_result:
-        return os.stat_result((stat.S_IFREG | 0o444, 0, 0, 1, 0, 0, self.entry.size, 0, 0, 0))
-
-    def open_raw(self) -> ExtentReader:
-        return ExtentReader(self.volume.path, self.entry)
-
-    def read_bytes(self) -> bytes:
-        with self.open_raw() as fh:
-            return fh.read()
-
-    def read_limited(self, limit: int) -> bytes:
-        if self.entry.size > limit:
-            raise ArchiveError(f"{self}: larger than {limit} bytes")
-        return self.read_bytes()
-
-
-def iso_member(iso_path: Path, relative: str) -> IsoMember:
-    """``relative`` inside the image; FileNotFoundError when the image has no such regular file."""
-    volume = open_iso(iso_path)
-    entry = volume.files.get(relative)
-    if entry is None:
-        raise FileNotFoundError(f"{iso_path}/{relative}")
-    return IsoMember(volume, entry)
-
-
-def iso_of(path: object) -> tuple[Path, str] | None:
-    """(image, member name) when ``path`` names a file inside an .iso volume (``IMAGE.iso/NAME``)."""
-    if isinstance(path, IsoMember):
-        return path.volume.path, path.entry.name
-    if isinstance(path, Path) and is_iso(path.parent):
-        return path.parent, path.name
-    return None
-
-
-def iso_unexpected(iso_path: Path, allowed: set[str]) -> list[str]:
-    """Files and folders (ending in /) in the image that are not in ``allowed`` (folders of allowed files pass)."""
-    volume = open_iso(iso_path)
-    folders = {p.rsplit("/", 1)[0] for p in allowed if "/" in p}
-    extra = [name + "/" for name in sorted(volume.dirs) if name not in folders]
-    return extra + [name for name in sorted(volume.files) if name not in allowed]
 
 
 def volume_name(path: Path) -> str:

@@ -1,10 +1,11 @@
 """Find the volumes of a set among the folders a user names, and the manifest to trust.
 
-Shared by verify and load. A folder the user names is either a volume folder (it holds imgbuild-set.json)
-or a set folder (its subfolders are volume folders). A disc mounted somewhere is named by its mount point,
-not by the volume folder name it was burned from, so a volume is recognised by its content when its
-folder name does not tell: the part files it holds (part names are unique within a set) or, when those
-are gone, the part names its SHA256SUMS lists.
+Shared by verify, repair, load, push and inspect; a command locates its set once and hands the ``LocatedSet``
+- one volume source per volume (imgbuild/discs/sources.py) - to every stage. A folder the user names is either
+a volume folder (it holds imgbuild-set.json) or a set folder (its subfolders are volume folders). A disc
+mounted somewhere is named by its mount point, not by the volume folder name it was burned from, so a volume
+is recognised by its content when its folder name does not tell: the part files it holds (part names are
+unique within a set) or, when those are gone, the part names its SHA256SUMS lists.
 
 The trusted manifest is the catalog copy when one is given (the root of trust kept apart from the discs),
 otherwise the manifest most volumes agree on. Volumes whose own copy differs are still used; verify
@@ -17,12 +18,12 @@ import hashlib
 import os
 import stat
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
 
-from imgbuild.discs.iso import is_iso, iso_member, iso_of, open_iso, volume_name
+from imgbuild.discs.iso import IsoVolume, is_iso
+from imgbuild.discs.sources import FolderVolume, VolumeSource
 from imgbuild.foundation.errors import ArchiveError, ManifestError
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import SetManifest, parse_manifest
@@ -44,12 +45,16 @@ class LocatedSet:
     manifest: SetManifest
     manifest_bytes: bytes = field(repr=False)
     manifest_source: str
-    folders: dict[int, Path]
+    volumes: dict[int, VolumeSource]
     whole_set_expected: bool
     findings: tuple[Finding, ...] = ()
 
     def missing(self) -> list[int]:
-        return [v.number for v in self.manifest.volumes if v.number not in self.folders]
+        return [v.number for v in self.manifest.volumes if v.number not in self.volumes]
+
+    def bytes_read(self) -> dict[int, int]:
+        """Bytes read so far from each volume found (its disc)."""
+        return {number: source.bytes_read for number, source in self.volumes.items()}
 
     def label(self, number: int) -> str:
         """How a volume is named to a user: its folder name, which is also the disc label imgbuild suggests."""
@@ -57,21 +62,27 @@ class LocatedSet:
                f"of set {self.manifest.name})"
 
 
-def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool, list[Finding]]:
-    """Volume folders under ``dirs``, whether a set folder was given (then every volume is expected), and
+def open_volume(location: Path) -> VolumeSource:
+    """The volume at ``location``: an .iso image named by the user, else a volume folder."""
+    if is_iso(location):
+        return IsoVolume(location)
+    if not location.is_dir():
+        raise ArchiveError(f"{location}: not a folder")
+    return FolderVolume(location)
+
+
+def candidate_folders(dirs: Sequence[Path]) -> tuple[list[VolumeSource], bool, list[Finding]]:
+    """Volumes under ``dirs``, whether a set folder was given (then every volume is expected), and
     volume folders left out because they are symlinks (a set folder's volumes are not followed elsewhere)."""
-    found: list[Path] = []
+    found: list[VolumeSource] = []
     skipped: list[Finding] = []
     set_folder_given = False
     for d in dirs:
-        if is_iso(d):  # an .iso image named by the user is one volume (imgbuild/discs/iso.py reads it)
-            found.append(d)
+        if is_iso(d) or (d.is_dir() and (d / layout.MANIFEST_NAME).exists()):
+            found.append(open_volume(d))
             continue
         if not d.is_dir():
             raise ArchiveError(f"{d}: not a folder")
-        if (d / layout.MANIFEST_NAME).exists():
-            found.append(d)
-            continue
         entries = sorted(d.iterdir())
         children = [c for c in entries if c.is_dir() and not c.is_symlink()
                     and not c.name.endswith(layout.PARTIAL_SUFFIX) and (c / layout.MANIFEST_NAME).exists()]
@@ -81,7 +92,7 @@ def candidate_folders(dirs: Sequence[Path]) -> tuple[list[Path], bool, list[Find
         if not children:
             raise ArchiveError(f"{d}: no volume of an imgbuild set here ({_why_empty(entries)})",
                                hint=_hint_empty(d, entries, skipped))
-        found.extend(children)
+        found.extend(FolderVolume(c) for c in children)
         set_folder_given = True
     return found, set_folder_given, skipped
 
@@ -107,13 +118,8 @@ def _hint_empty(d: Path, entries: list[Path], skipped: list[Finding]) -> str | N
 
 
 def read_small_file(path: Path, limit: int) -> bytes:
-    """Read a metadata file without following a symlink and refusing anything above ``limit`` bytes."""
-    inside_iso = iso_of(path)
-    if inside_iso is not None:
-        try:
-            return iso_member(*inside_iso).read_limited(limit)
-        except OSError as exc:
-            raise ArchiveError(f"{path}: {exc.strerror or 'no such file in the image'}") from exc
+    """Read a metadata file that is not on a volume (the catalog's manifest copy) without following a symlink
+    and refusing anything above ``limit`` bytes."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except OSError as exc:
@@ -131,11 +137,11 @@ def locate_set(dirs: Sequence[Path], catalog: Path | None = None, set_id: str | 
     """Find the volumes among ``dirs`` and the trusted manifest; refuses hostile manifests (ManifestError).
     Volumes of several sets need ``set_id`` to say which one; those of the other sets are then left out."""
     folders, whole_set, findings = candidate_folders(dirs)
-    copies: dict[Path, bytes] = {}
-    unreadable: dict[Path, str] = {}
+    copies: dict[VolumeSource, bytes] = {}
+    unreadable: dict[VolumeSource, str] = {}
     for folder in folders:
         try:
-            copies[folder] = read_small_file(folder / layout.MANIFEST_NAME, layout.MAX_MANIFEST_BYTES)
+            copies[folder] = folder.read_small(layout.MANIFEST_NAME, layout.MAX_MANIFEST_BYTES)
         except ArchiveError as exc:
             copies[folder], unreadable[folder] = b"", str(exc)
     if catalog is not None:
@@ -146,7 +152,7 @@ def locate_set(dirs: Sequence[Path], catalog: Path | None = None, set_id: str | 
         manifest, trusted_bytes, source = _majority_manifest(copies, unreadable, set_id)
     if set_id is not None and manifest.set_id != set_id:
         raise ArchiveError(f"{source} is the manifest of set {manifest.set_id}, not of --set {set_id}")
-    numbers: dict[int, Path] = {}
+    numbers: dict[int, VolumeSource] = {}
     for folder in folders:
         number = identify_volume(folder, manifest)
         if number is None and set_id is not None and _set_of(copies[folder]) not in (None, set_id):
@@ -158,7 +164,7 @@ def locate_set(dirs: Sequence[Path], catalog: Path | None = None, set_id: str | 
         else:
             numbers[number] = folder
     return LocatedSet(manifest=manifest, manifest_bytes=trusted_bytes, manifest_source=source,
-                      folders=dict(sorted(numbers.items())), whole_set_expected=whole_set,
+                      volumes=dict(sorted(numbers.items())), whole_set_expected=whole_set,
                       findings=tuple(findings))
 
 
@@ -169,17 +175,17 @@ def _set_of(data: bytes) -> str | None:
         return None
 
 
-def _majority_manifest(copies: dict[Path, bytes], unreadable: dict[Path, str],
+def _majority_manifest(copies: dict[VolumeSource, bytes], unreadable: dict[VolumeSource, str],
                        set_id: str | None) -> tuple[SetManifest, bytes, str]:
     """The manifest copy most volumes hold that parses (of set ``set_id`` when given); refuses to choose
     between several sets; when no copy parses, says why for each."""
     counts = Counter(data for data in copies.values() if data)
-    errors: dict[Path, str] = dict(unreadable)
+    errors: dict[VolumeSource, str] = dict(unreadable)
     first_error: ManifestError | None = None
-    sets: dict[str, tuple[SetManifest, bytes, str, list[Path]]] = {}
+    sets: dict[str, tuple[SetManifest, bytes, str, list[VolumeSource]]] = {}
     for data, _ in counts.most_common():
         holders = [f for f, d in copies.items() if d == data]
-        source = str(holders[0] / layout.MANIFEST_NAME)
+        source = holders[0].shown(layout.MANIFEST_NAME)
         try:
             manifest = parse_manifest(data, source)
         except ManifestError as exc:
@@ -202,22 +208,22 @@ def _majority_manifest(copies: dict[Path, bytes], unreadable: dict[Path, str],
         raise first_error  # every copy is there and refused: the refusal names the field
     for folder, data in copies.items():
         if not data and folder not in errors:
-            errors[folder] = f"{folder / layout.MANIFEST_NAME}: empty file"
+            errors[folder] = f"{folder.shown(layout.MANIFEST_NAME)}: empty file"
     raise ArchiveError("no readable set manifest: " + "; ".join(dict.fromkeys(errors[f] for f in copies)))
 
 
-def _list_sets(sets: dict[str, tuple[SetManifest, bytes, str, list[Path]]]) -> str:
-    return "; ".join(f"set {sid} ({m.name}) in {', '.join(str(f) for f in sorted(holders))}"
+def _list_sets(sets: dict[str, tuple[SetManifest, bytes, str, list[VolumeSource]]]) -> str:
+    return "; ".join(f"set {sid} ({m.name}) in {', '.join(sorted(str(f) for f in holders))}"
                      for sid, (m, _, _, holders) in sets.items())
 
 
-def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
+def identify_volume(folder: VolumeSource, manifest: SetManifest) -> int | None:
     """Which volume of ``manifest`` ``folder`` is, or None when it is not one of them.
 
     By folder name when it is a volume folder name; else by its README.txt, which differs between volumes
     ("volume k of N") and whose sha256 the manifest lists; else by the part files it holds or lists.
     """
-    parsed = layout.parse_volume_folder(volume_name(folder))
+    parsed = layout.parse_volume_folder(folder.name)
     if parsed is not None:
         set_id, number = parsed
         if set_id == manifest.set_id and number <= manifest.volume_count:
@@ -229,10 +235,10 @@ def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
         return by_readme
     owners = {f.path: v.number for v in manifest.volumes for f in v.files if layout.PART_RE.match(f.path)}
     for path, number in owners.items():
-        if (path in open_iso(folder).files) if is_iso(folder) else os.path.lexists(folder / path):
+        if folder.exists(path):
             return number
     try:
-        sums = read_small_file(folder / layout.SUMS_NAME, layout.MAX_MANIFEST_BYTES).decode("utf-8", "replace")
+        sums = folder.read_small(layout.SUMS_NAME, layout.MAX_MANIFEST_BYTES).decode("utf-8", "replace")
     except ArchiveError:
         return None
     for line in sums.splitlines():
@@ -242,50 +248,11 @@ def identify_volume(folder: Path, manifest: SetManifest) -> int | None:
     return None
 
 
-def _by_readme(folder: Path, manifest: SetManifest) -> int | None:
+def _by_readme(folder: VolumeSource, manifest: SetManifest) -> int | None:
     try:
-        digest = hashlib.sha256(read_small_file(folder / layout.README_NAME, 1 << 20)).hexdigest()
+        digest = hashlib.sha256(folder.read_small(layout.README_NAME, 1 << 20)).hexdigest()
     except ArchiveError:
         return None
     found = [v.number for v in manifest.volumes for f in v.files if f.path == layout.README_NAME
              and f.sha256 == digest]
     return found[0] if len(found) == 1 else None
-
-
-def safe_member(folder: Path, relative: str) -> Path:
-    """``folder/relative`` after checking that no component below ``folder`` is a symlink or odd file type.
-
-    ``relative`` already matched the layout's patterns (no "..", not absolute); this guards against a
-    volume whose ``blobs`` folder or part file was replaced by a symlink pointing elsewhere.
-    An .iso volume gives an IsoMember instead (its index refuses symlinks when the image is opened).
-    """
-    if is_iso(folder):
-        return iso_member(folder, relative)  # type: ignore[return-value]
-    path = folder
-    parts = relative.split("/")
-    for index, name in enumerate(parts):
-        path = path / name
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            raise
-        except OSError as exc:
-            raise ArchiveError(f"{path}: {exc.strerror or exc}") from exc
-        if stat.S_ISLNK(mode):
-            raise ArchiveError(f"{path}: is a symbolic link; volume files must be regular files")
-        last = index == len(parts) - 1
-        if last and not stat.S_ISREG(mode):
-            raise ArchiveError(f"{path}: not a regular file")
-        if not last and not stat.S_ISDIR(mode):
-            raise ArchiveError(f"{path}: not a folder")
-    return path
-
-
-def volume_opener(location: Path) -> Callable[[str], BinaryIO]:
-    """Open volume-relative files of a volume that is a folder or an .iso image (no symlinks followed)."""
-    if is_iso(location):
-        return open_iso(location).open  # type: ignore[return-value]
-    def open_member(relative: str) -> BinaryIO:
-        return open(safe_member(location, relative), "rb")
-
-    return open_member

@@ -29,8 +29,9 @@ from typing import Any
 
 import zstandard
 
-from imgbuild.discs.locate import LocatedSet, locate_set, safe_member
+from imgbuild.discs.locate import LocatedSet, locate_set
 from imgbuild.discs.readahead import FileChunk, FileEnd, FileStart, HashedReadAhead
+from imgbuild.discs.sources import VolumeFile
 from imgbuild.fleet.registry import OCI_MANIFEST, Registry, RegistryRef
 from imgbuild.foundation.atomicfile import write_atomic
 from imgbuild.foundation.cachedir import default_cache_dir
@@ -126,7 +127,7 @@ def push_set(dirs: Sequence[Path], options: PushOptions, progress: ProgressCallb
     chosen = select_images(manifest, options.images)
     ref = RegistryRef.parse(options.registry)
     where = targets(chosen, ref, options.tags)
-    missing = sorted({layer.parts[0].volume for layer in manifest.layers} - set(located.folders))
+    missing = sorted({layer.parts[0].volume for layer in manifest.layers} - set(located.volumes))
     if missing:
         raise LoadError("volumes needed but not found: " + "; ".join(located.label(n) for n in missing))
     configs = [read_config(located, image) for image in chosen]
@@ -224,7 +225,7 @@ class _BlobPusher:
 
     def _parts(self, layer: Layer) -> Iterator[bytes]:
         """The layer's compressed bytes, each part checked (size, sha256) when its last byte was read."""
-        paths = [safe_member(self.located.folders[part.volume], part.path) for part in layer.parts]
+        paths = [VolumeFile(self.located.volumes[part.volume], part.path) for part in layer.parts]
         reader = HashedReadAhead(paths)
         try:
             index = -1
@@ -242,7 +243,7 @@ class _BlobPusher:
             reader.close()
 
 
-def _check_part(path: Path, part: Any, event: FileEnd) -> None:
+def _check_part(path: VolumeFile, part: Any, event: FileEnd) -> None:
     if event.error is not None:
         raise LoadError(f"{path}: {event.error}")
     if event.size != part.size:

@@ -7,6 +7,8 @@ IMGBUILD_TRACEBACK=1 shows the traceback as well.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class ImgbuildError(Exception):
     """Root of all imgbuild errors. ``exit_code`` is what the CLI exits with."""
@@ -95,6 +97,29 @@ class ManifestError(ArchiveError):
         self.source = source
         self.field = field
         self.reason = reason
+
+
+class FileFault(StrEnum):
+    """Why a file on a volume cannot be used as one of its files."""
+
+    MISSING = "missing"
+    SYMLINK = "symlink"  # the file, or a folder on its way, is a symbolic link
+    NOT_REGULAR = "not-regular"  # a device, fifo, socket or folder where a file should be
+    NOT_FOLDER = "not-folder"  # a file where a folder on its way should be
+    TOO_LARGE = "too-large"  # a metadata file above the size it may have
+    UNREADABLE = "unreadable"  # an I/O error (a scratched disc)
+
+
+class VolumeFileError(ArchiveError):
+    """A file of a volume (a folder or an .iso image) that cannot be read as one: names the volume's location,
+    the volume-relative path and the fault."""
+
+    def __init__(self, volume: str, path: str, fault: FileFault, detail: str) -> None:
+        super().__init__(f"{volume}/{path}: {detail}")
+        self.volume = volume
+        self.path = path
+        self.fault = fault
+        self.detail = detail
 
 
 class LoadError(ImgbuildError):

@@ -1,30 +1,23 @@
 """Where a set is damaged, to the 4 MiB block, and whether its parity volumes can rebuild it.
 
-verify finds bad files (whole-file sha256, sizes, missing files and volumes); ``assess`` turns those
-findings into damaged blocks by reading each bad file again block by block against the manifest's block
-hashes, maps the blocks onto the volumes' payload streams (imgbuild/parity/volumes.py) and checks every stretch
-of the streams: it can be rebuilt when at most M of the N + M volumes are bad there. A scratch on one disc
-and a scratch on another are both repairable with one parity volume as long as they do not overlap.
-repair rebuilds from the plan this module makes.
+verify finds bad files (whole-file sha256, sizes, missing files and volumes) and, in the same read, their bad
+blocks against the manifest's block hashes (imgbuild/discs/problems.py); ``assess`` takes those findings as
+they are - it reads nothing - maps the blocks onto the volumes' payload streams (imgbuild/parity/volumes.py)
+and checks every stretch of the streams: it can be rebuilt when at most M of the N + M volumes are bad there.
+A scratch on one disc and a scratch on another are both repairable with one parity volume as long as they do
+not overlap. repair rebuilds from the plan this module makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from imgbuild.discs.locate import volume_opener
-from imgbuild.foundation.errors import ArchiveError
+from imgbuild.discs.problems import CONTENT_KINDS, METADATA_KINDS, Problem, ProblemKind
 from imgbuild.parity.volumes import payload_files
-from imgbuild.setformat.blockhash import bad_blocks, block_count
-from imgbuild.setformat.manifest import FileEntry, SetManifest, Volume
-
-# verify's problem kinds that mean a listed file's bytes are missing or wrong.
-CONTENT_KINDS = {"missing", "size", "sha256", "unreadable"}
-# verify's problem kinds that only need the volume's metadata (manifest copy, SHA256SUMS) written again.
-METADATA_KINDS = {"sums", "manifest-copy"}
+from imgbuild.setformat.blockhash import block_count
+from imgbuild.setformat.manifest import SetManifest, Volume
 
 
 @dataclass(frozen=True)
@@ -34,11 +27,12 @@ class DamagedFile:
     size: int
     bad_blocks: tuple[int, ...]
     block_count: int
+    kind: ProblemKind
     reason: str
 
     def to_json(self) -> dict[str, Any]:
         return {"volume": self.volume, "path": self.path, "size": self.size, "bad_blocks": list(self.bad_blocks),
-                "block_count": self.block_count, "reason": self.reason}
+                "block_count": self.block_count, "kind": str(self.kind), "reason": self.reason}
 
 
 @dataclass(frozen=True)
@@ -95,45 +89,18 @@ def file_offsets(volume: Volume) -> dict[str, int]:
     return offsets
 
 
-def _entry_for(volume: Volume, shown: str) -> FileEntry | None:
-    """The listed file a verify problem names (its path ends with the volume-relative name)."""
-    for entry in volume.files:
-        if shown.endswith("/" + entry.path) or shown.endswith(":" + entry.path) or shown == entry.path:
-            return entry
-    return None
+def assess(manifest: SetManifest, present: Iterable[int], problems: Sequence[Problem]) -> Recovery:
+    """Damage and recoverability from verify's ``problems``.
 
-
-def _locate(entry: FileEntry, block_size: int | None, open_file: Callable[[str], BinaryIO] | None,
-            kind: str) -> tuple[int, ...]:
-    total = block_count(entry.size, block_size) if block_size else 1
-    everything = tuple(range(total))
-    if kind == "missing" or open_file is None or not block_size or entry.blocks is None:
-        return everything
-    try:
-        with open_file(entry.path) as fh:
-            return tuple(bad_blocks(fh, entry.blocks, entry.size, block_size))
-    except (OSError, ArchiveError):
-        return everything
-
-
-def assess(
-    manifest: SetManifest,
-    present: Iterable[int],
-    problems: Sequence[Any],
-    open_volume: Callable[[int], Callable[[str], BinaryIO]] | None = None,
-) -> Recovery:
-    """Damage and recoverability from verify's ``problems`` (objects with kind, path, detail, volume).
-
-    ``present`` are the volume numbers found; every other volume counts as lost. ``open_volume(k)`` gives
-    an opener of volume k's files, used to locate bad blocks (without it, a bad file is bad throughout).
+    ``present`` are the volume numbers found; every other volume counts as lost. A damaged file whose bad
+    blocks verify did not locate (no block hashes, not read) counts as bad throughout.
     """
     present = set(present)
     missing = tuple(v.number for v in manifest.volumes if v.number not in present)
     damaged: dict[tuple[int, str], DamagedFile] = {}
     metadata_only: set[int] = set()
-    openers: dict[int, Callable[[str], BinaryIO]] = {}
     for problem in problems:
-        number = getattr(problem, "volume", None)
+        number = problem.volume
         if number is None or number not in present:
             continue
         if problem.kind in METADATA_KINDS:
@@ -141,15 +108,14 @@ def assess(
             continue
         if problem.kind not in CONTENT_KINDS:
             continue
-        entry = _entry_for(manifest.volume(number), problem.path)
+        entry = next((f for f in manifest.volume(number).files if f.path == problem.file), None)
         if entry is None:  # SHA256SUMS or the manifest copy is missing: written again from the manifest
             metadata_only.add(number)
             continue
-        if open_volume is not None and number not in openers:
-            openers[number] = open_volume(number)
-        bad = _locate(entry, manifest.block_size, openers.get(number), problem.kind)
         count = block_count(entry.size, manifest.block_size) if manifest.block_size else 1
-        damaged[(number, entry.path)] = DamagedFile(number, entry.path, entry.size, bad, count,
+        located = problem.blocks is not None and problem.kind is not ProblemKind.MISSING and manifest.block_size
+        bad = problem.blocks if located and problem.blocks is not None else tuple(range(count))
+        damaged[(number, entry.path)] = DamagedFile(number, entry.path, entry.size, bad, count, problem.kind,
                                                     f"{problem.kind}: {problem.detail}")
     ranges = _bad_ranges(manifest, missing, damaged.values())
     stretches = _sweep(ranges)
@@ -231,7 +197,7 @@ def describe(recovery: Recovery) -> list[str]:
     """Lines for a human: each damaged file with its bad blocks, then the verdict."""
     lines = []
     for d in recovery.damaged:
-        if d.bad_blocks and not d.reason.startswith("missing"):
+        if d.bad_blocks and d.kind is not ProblemKind.MISSING:
             blocks = ", ".join(str(b) for b in d.bad_blocks[:12]) + (" ..." if len(d.bad_blocks) > 12 else "")
             lines.append(f"volume {d.volume}: {d.path}: block(s) {blocks} of {d.block_count} damaged")
         else:
@@ -240,8 +206,3 @@ def describe(recovery: Recovery) -> list[str]:
         lines.append(f"volume {number}: missing")
     lines.append(recovery.summary())
     return lines
-
-
-def volume_locations(folders: dict[int, Path]) -> Callable[[int], Callable[[str], BinaryIO]]:
-    """``open_volume`` for assess over volumes that are folders or .iso images."""
-    return lambda number: volume_opener(folders[number])

@@ -15,10 +15,12 @@ from typing import Any
 
 from imgbuild.build.sbom import Contents, image_sbom, summarize
 from imgbuild.discs.locate import locate_set
+from imgbuild.discs.sources import VolumeSource
 from imgbuild.engine.connect import Engine, connect
 from imgbuild.engine.images import find_image, image_labels
 from imgbuild.foundation.errors import ArchiveError, UsageError
 from imgbuild.foundation.progress import ProgressCallback, no_progress
+from imgbuild.setformat import layout
 
 
 @dataclass(frozen=True)
@@ -50,23 +52,23 @@ def inspect_set(dirs: list[Path], catalog: Path | None = None, set_id: str | Non
     for image in manifest.images:
         if image.sbom is None:
             continue
-        data = _read_sbom(located.folders, image.sbom.path, image.sbom.sha256)
+        data = _read_sbom(located.volumes, image.sbom.path, image.sbom.sha256)
         contents.append(summarize(data))
     return InspectResult(source, manifest.set_id, manifest.format_version, tuple(contents), lock_json)
 
 
-def _read_sbom(folders: dict[int, Path], path: str, sha256: str) -> bytes:
+def _read_sbom(volumes: dict[int, VolumeSource], path: str, sha256: str) -> bytes:
     bad = []
-    for number in sorted(folders):
-        candidate = folders[number] / path
+    for number in sorted(volumes):
+        source = volumes[number]
         try:
-            data = candidate.read_bytes()
-        except OSError as exc:
-            bad.append(f"{candidate}: {exc.strerror or exc}")
+            data = source.read_small(path, layout.MAX_SBOM_BYTES)
+        except ArchiveError as exc:
+            bad.append(str(exc))
             continue
         if hashlib.sha256(data).hexdigest() == sha256:
             return data
-        bad.append(f"{candidate}: sha256 differs from the manifest's")
+        bad.append(f"{source.shown(path)}: sha256 differs from the manifest's")
     raise ArchiveError(f"no intact copy of {path} among the volumes given: {'; '.join(bad) or 'none holds it'}")
 
 

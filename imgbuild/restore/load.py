@@ -23,12 +23,12 @@ from typing import Any
 import docker.errors
 import zstandard
 
-from imgbuild.discs.iso import is_iso
-from imgbuild.discs.locate import LocatedSet, identify_volume, locate_set, read_small_file, safe_member
+from imgbuild.discs.locate import LocatedSet, identify_volume, locate_set, open_volume
 from imgbuild.discs.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, HashedReadAhead
+from imgbuild.discs.sources import VolumeFile, VolumeSource
 from imgbuild.engine.connect import Engine
 from imgbuild.engine.image_ids import describe, find_set_image
-from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, LoadError, UsageError
+from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, FileFault, LoadError, UsageError, VolumeFileError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.restore.layer_content import ContentSummary, TarScanner, summarize
@@ -98,15 +98,21 @@ class LoadResult:
 def load_set(engine: Engine, dirs: Sequence[Path], options: LoadOptions = LoadOptions(),
              progress: ProgressCallback = no_progress) -> LoadResult:
     """Load the chosen images (default: all) of the set found under ``dirs`` into ``engine``."""
+    return load_located(engine, locate_set(dirs, options.catalog, options.set_id), options, progress)
+
+
+def load_located(engine: Engine, located: LocatedSet, options: LoadOptions = LoadOptions(),
+                 progress: ProgressCallback = no_progress) -> LoadResult:
+    """Load the chosen images (default: all) of a located set into ``engine``; each part is checked as it
+    streams past, so a disc is read once and the load is its verification (of the parts it needs)."""
     started = time.monotonic()
-    located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
     chosen = select_images(manifest, options.images)
     engine_ids = {image.number: found for image in chosen
                   if (found := _engine_id(engine, located, image)) is not None}
     present = set(engine_ids)
     to_load = [image for image in chosen if image.number not in present]
-    check_docker_manifest(manifest, located.folders)
+    check_docker_manifest(manifest, located.volumes)
     conflicts = tag_conflicts(engine, chosen, engine_ids, lambda ref: engine_ref(engine, ref))
     if conflicts and not options.force:
         raise LoadError("the engine has tags of this set on other images: " + "; ".join(map(str, conflicts))
@@ -170,17 +176,18 @@ def _engine_id(engine: Engine, located: LocatedSet, image: Image) -> str | None:
 
 
 def read_config(located: LocatedSet, image: Image) -> bytes:
-    """The image's config from the first volume that has a good copy (every volume holds all configs)."""
+    """The image's config from the first volume that has a good copy (every volume holds all configs); read
+    once per volume source, however often it is asked for."""
     reasons = []
-    for folder in located.folders.values():
+    for source in located.volumes.values():
         try:
-            data = read_small_file(safe_member(folder, image.config.path), layout.MAX_CONFIG_BYTES)
-        except (ArchiveError, FileNotFoundError) as exc:
+            data = source.read_small(image.config.path, layout.MAX_CONFIG_BYTES)
+        except ArchiveError as exc:
             reasons.append(str(exc))
             continue
         if hashlib.sha256(data).hexdigest() == image.config.sha256:
             return data
-        reasons.append(f"{folder / image.config.path}: sha256 differs from the manifest")
+        reasons.append(f"{source.shown(image.config.path)}: sha256 differs from the manifest")
     raise LoadError(f"no good copy of {image.config.path} (image {image.id}): " + "; ".join(reasons or ["no volume"]))
 
 
@@ -227,7 +234,7 @@ class _LayerStreams:
         self.manifest = located.manifest
         self.options = options
         self.progress = progress
-        self.folders = dict(located.folders)
+        self.volumes = dict(located.volumes)
         needed = {d for image in images for d in image.layers}
         position = {(v.number, f.path): i for v in self.manifest.volumes for i, f in enumerate(v.files)}
         self.layers: list[Layer] = sorted(
@@ -244,31 +251,31 @@ class _LayerStreams:
     def preflight(self) -> None:
         """Before anything is sent: every needed part on the volumes at hand is a regular file of the right size;
         without --prompt, every needed volume must be at hand."""
-        missing = sorted({p.volume for layer in self.layers for p in layer.parts} - set(self.folders))
+        missing = sorted({p.volume for layer in self.layers for p in layer.parts} - set(self.volumes))
         if missing and self.options.ask_volume is None:
             names = "; ".join(self.located.label(n) for n in missing)
             raise LoadError(f"volumes needed but not found: {names}",
                             hint="name their folders too, or use --prompt to be asked for each disc")
-        for number in sorted(self.folders):
+        for number in sorted(self.volumes):
             self._check_volume(number)
 
     def _check_volume(self, number: int) -> None:
         if number in self._checked:
             return
-        folder = self.folders[number]
+        source = self.volumes[number]
         for layer in self.layers:
             for part in layer.parts:
                 if part.volume == number:
-                    _check_part(folder, part)
+                    _check_part(source, part)
         self._checked.add(number)
 
-    def _paths(self) -> Iterator[Path]:
-        """Part paths in stream order; asks for a volume when it is not at hand (runs in the reader thread)."""
+    def _paths(self) -> Iterator[VolumeFile]:
+        """Part files in stream order; asks for a volume when it is not at hand (runs in the reader thread)."""
         for layer in self.layers:
             for part in layer.parts:
-                if part.volume not in self.folders:
+                if part.volume not in self.volumes:
                     self._ask(part.volume)
-                yield safe_member(self.folders[part.volume], part.path)
+                yield VolumeFile(self.volumes[part.volume], part.path)
 
     def _ask(self, number: int) -> None:
         reason = "needed next"
@@ -277,8 +284,13 @@ class _LayerStreams:
             answer = self.options.ask_volume(VolumeRequest(number, self.located.label(number), reason))
             if answer is None:
                 raise LoadError(f"volume {self.located.label(number)} is needed and was not given")
-            if (answer.is_dir() or is_iso(answer)) and identify_volume(answer, self.manifest) == number:
-                self.folders[number] = answer
+            try:
+                source = open_volume(answer)
+            except ArchiveError as exc:
+                reason = str(exc)
+                continue
+            if identify_volume(source, self.manifest) == number:
+                self.volumes[number] = source
                 self._check_volume(number)
                 return
             reason = f"{answer} is not that volume"
@@ -329,7 +341,7 @@ class _PartsSource:
         self.streams = streams
         self.layer = layer
         self.index = 0
-        self.current: Path | None = None
+        self.current: VolumeFile | Path | None = None
 
     def read(self, size: int = -1) -> bytes:
         assert self.streams._events is not None
@@ -369,11 +381,12 @@ class _PartsSource:
             raise LoadError(f"layer {self.layer.number} ({self.layer.diff_id}): data after the end of its zstd stream")
 
 
-def _check_part(folder: Path, part: Part) -> None:
+def _check_part(source: VolumeSource, part: Part) -> None:
     try:
-        path = safe_member(folder, part.path)
-    except FileNotFoundError:
-        raise LoadError(f"{folder / part.path}: missing (volume {part.volume})") from None
-    size = path.lstat().st_size
+        size = source.size(part.path)
+    except VolumeFileError as exc:
+        if exc.fault is FileFault.MISSING:
+            raise LoadError(f"{source.shown(part.path)}: missing (volume {part.volume})") from None
+        raise
     if size != part.size:
-        raise LoadError(f"{path}: {size} bytes, the manifest says {part.size}")
+        raise LoadError(f"{source.shown(part.path)}: {size} bytes, the manifest says {part.size}")

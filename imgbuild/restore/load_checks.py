@@ -14,12 +14,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import docker.errors
 
-from imgbuild.discs.locate import read_small_file, safe_member
+from imgbuild.discs.sources import VolumeSource
 from imgbuild.foundation.errors import ArchiveError, LoadError
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import Image, SetManifest
@@ -40,18 +39,17 @@ def check_configs(configs: Iterable[tuple[Image, bytes]]) -> None:
                             hint="one of them was changed after the set was written")
 
 
-def check_docker_manifest(manifest: SetManifest, folders: dict[int, Path]) -> None:
+def check_docker_manifest(manifest: SetManifest, volumes: dict[int, VolumeSource]) -> None:
     """``images/manifest.json`` on every data volume given says what the set manifest says (configs, tags,
     layers)."""
     expected = json.loads(docker_manifest(list(manifest.images), list(manifest.layers)))
-    for number, folder in folders.items():
+    for number, source in volumes.items():
         if not any(f.path == layout.DOCKER_MANIFEST_PATH for f in manifest.volume(number).files):
             continue  # a parity volume
-        shown = folder / layout.DOCKER_MANIFEST_PATH
+        shown = source.shown(layout.DOCKER_MANIFEST_PATH)
         try:
-            found = json.loads(read_small_file(safe_member(folder, layout.DOCKER_MANIFEST_PATH),
-                                               layout.MAX_MANIFEST_BYTES))
-        except (ArchiveError, FileNotFoundError, ValueError, RecursionError) as exc:
+            found = json.loads(source.read_small(layout.DOCKER_MANIFEST_PATH, layout.MAX_MANIFEST_BYTES))
+        except (ArchiveError, ValueError, RecursionError) as exc:
             raise LoadError(f"{shown}: cannot be read as JSON: {exc}") from None
         if found == expected:
             continue

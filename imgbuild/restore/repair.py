@@ -1,6 +1,7 @@
 """`imgbuild repair DIR... --out DIR`: rebuild the damaged or missing volumes of a set, then verify them.
 
-1. verify the volumes given (folders or .iso images) and locate the damage to the block (imgbuild.parity.damage);
+1. locate the set once, verify the volumes given (folders or .iso images) and take the damage, located to the
+   block in verify's one read of each disc (imgbuild.parity.damage);
 2. refuse, naming the stretches, when more than M volumes are bad at the same place;
 3. for each volume to rebuild, write OUT/<folder> (as ``.partial`` first): intact files are copied (and
    hashed on the way), intact blocks of damaged files are copied, and every bad stretch is decoded from N
@@ -10,6 +11,10 @@
 
 Only the volumes that need it are written: the rest of the set stays where it is, and load or verify take
 the original folders plus OUT together.
+
+Reads: verify reads every disc once; the rebuild then reads, a second time, the intact bytes of each volume
+it rebuilds (copied) and the bad stretches of the volumes it decodes from - decoding needs N volumes at the
+same payload offsets at the same time, which one pass of one disc after the other cannot give.
 """
 
 from __future__ import annotations
@@ -24,14 +29,15 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from imgbuild.discs.iso import make_volume_isos
-from imgbuild.discs.locate import locate_set, volume_opener
+from imgbuild.discs.locate import LocatedSet, locate_set
+from imgbuild.discs.sources import VolumeSource
 from imgbuild.foundation.atomicfile import disk_errors, fsync_dir, write_file_atomic
 from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.parity import erasure
-from imgbuild.parity.damage import Recovery, assess, describe, file_offsets, pick_sources, volume_locations
+from imgbuild.parity.damage import Recovery, assess, describe, file_offsets, pick_sources
 from imgbuild.parity.volumes import check_parity, parity_readme, payload_files, segments
-from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_set
+from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_located, verify_set
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import FileEntry, SetManifest, Volume
 from imgbuild.setformat.volume_files import format_doc, sums_file
@@ -60,6 +66,9 @@ class RepairResult:
     seconds: float
     decode_seconds: float
     check: VerifyReport | None = field(default=None, repr=False)
+    # The verification of the volumes given (its bytes_read: what that read of each disc took).
+    verified: VerifyReport | None = field(default=None, repr=False)
+    bytes_read: tuple[tuple[int, int], ...] = ()  # (volume, bytes read from it) by the whole repair
 
     @property
     def decode_throughput(self) -> float:
@@ -70,18 +79,25 @@ class RepairResult:
                 "rebuilt": [str(p) for p in self.rebuilt], "isos": [str(p) for p in self.isos],
                 "bytes_decoded": self.bytes_decoded, "bytes_copied": self.bytes_copied,
                 "seconds": round(self.seconds, 3), "decode_bytes_per_second": round(self.decode_throughput),
-                "check": self.check.to_json() if self.check else None}
+                "check": self.check.to_json() if self.check else None,
+                "bytes_read": {str(number): size for number, size in self.bytes_read}}
 
 
 def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressCallback = no_progress) -> RepairResult:
     """Rebuild what is damaged or missing in the set under ``dirs`` into ``options.out``."""
+    return repair_located(locate_set(dirs, options.catalog, options.set_id), options, progress)
+
+
+def repair_located(located: LocatedSet, options: RepairOptions,
+                   progress: ProgressCallback = no_progress) -> RepairResult:
+    """Rebuild what is damaged or missing in a located set into ``options.out``."""
     started = time.monotonic()
-    located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
     check_parity(manifest)
-    report = verify_set(dirs, VerifyOptions(catalog=options.catalog, set_id=options.set_id), progress)
-    recovery = assess(manifest, located.folders, report.problems, volume_locations(located.folders))
-    empty = RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0)
+    report = verify_located(located, VerifyOptions(catalog=options.catalog, set_id=options.set_id), progress)
+    recovery = report.recovery or assess(manifest, located.volumes, ())
+    empty = RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0, verified=report,
+                         bytes_read=report.bytes_read)
     if not recovery.targets:
         return empty
     if not recovery.recoverable:
@@ -91,7 +107,7 @@ def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressC
     # folders are removed, so nothing half-written stays under a volume's name.
     with disk_errors(options.out):
         options.out.mkdir(parents=True, exist_ok=True)
-    rebuild = _Rebuild(manifest, located.folders, recovery, options, progress)
+    rebuild = _Rebuild(manifest, located.volumes, recovery, options, progress)
     try:
         with disk_errors(options.out):
             rebuild.prepare()
@@ -111,16 +127,17 @@ def repair_set(dirs: Sequence[Path], options: RepairOptions, progress: ProgressC
                                     [(t, manifest.volume(t).folder) for t in recovery.targets])
         isos = tuple(image.path for image in made)
     return RepairResult(manifest.set_id, manifest.name, recovery, tuple(finals), isos, rebuild.decoded,
-                        rebuild.copied, time.monotonic() - started, decode_seconds, check)
+                        rebuild.copied, time.monotonic() - started, decode_seconds, check, report,
+                        tuple(located.bytes_read().items()))
 
 
 class _Rebuild:
     """The target volumes' files being written: copies first, then the decoded stretches patched in."""
 
-    def __init__(self, manifest: SetManifest, folders: dict[int, Path], recovery: Recovery,
+    def __init__(self, manifest: SetManifest, volumes: dict[int, VolumeSource], recovery: Recovery,
                  options: RepairOptions, progress: ProgressCallback) -> None:
         self.manifest = manifest
-        self.folders = folders
+        self.volumes = volumes
         self.recovery = recovery
         self.options = options
         self.progress = progress
@@ -139,7 +156,7 @@ class _Rebuild:
                                    hint="choose another --out or remove the old repair")
             shutil.rmtree(staging, ignore_errors=True)
             volume = self.manifest.volume(number)
-            opener = volume_opener(self.folders[number]) if number in self.folders else None
+            opener = self.volumes[number].open if number in self.volumes else None
             for entry in volume.files:
                 path = staging / entry.path
                 with disk_errors(path):
@@ -221,8 +238,8 @@ class _Rebuild:
         return seconds
 
     def _source_opener(self, number: int) -> erasure.Opener:
-        if number in self.folders:
-            return volume_opener(self.folders[number])
+        if number in self.volumes:
+            return self.volumes[number].open
 
         def lost(name: str) -> BinaryIO:
             raise ArchiveError(f"volume {number} is missing; {name} cannot be read from it")
@@ -239,7 +256,7 @@ class _Rebuild:
                 if volume.role == "parity" and entry.path == layout.README_NAME:
                     os.pwrite(self.fds[(number, entry.path)], parity_readme(self.manifest, number), 0)
                 if volume.role == "parity" and entry.path == layout.FORMAT_DOC_NAME and (
-                        (number, entry.path) in self.damaged or number not in self.folders):
+                        (number, entry.path) in self.damaged or number not in self.volumes):
                     os.pwrite(self.fds[(number, entry.path)], self._format_doc(entry), 0)
                 self._seal(staging, number, entry)
             write_file_atomic(staging / layout.MANIFEST_NAME, manifest_bytes)
@@ -256,11 +273,10 @@ class _Rebuild:
     def _format_doc(self, entry: FileEntry) -> bytes:
         """A parity volume's FORMAT.md is in no payload stream: the copy on another volume, or this imgbuild's
         own when it is the same text (_seal checks the sha256 either way)."""
-        for location in self.folders.values():
+        for source in self.volumes.values():
             try:
-                with volume_opener(location)(layout.FORMAT_DOC_NAME) as fh:
-                    data = fh.read(entry.size + 1)
-            except (OSError, ArchiveError):
+                data = source.read_small(layout.FORMAT_DOC_NAME, entry.size)
+            except ArchiveError:
                 continue
             if hashlib.sha256(data).hexdigest() == entry.sha256:
                 return data

@@ -22,13 +22,13 @@ import docker.errors
 import requests
 from pydantic import ValidationError
 
-from imgbuild.discs.locate import locate_set
+from imgbuild.discs.locate import LocatedSet, locate_set
 from imgbuild.engine.connect import Engine
 from imgbuild.foundation.errors import LoadError, RecipeError, UsageError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe.loader import parse_recipe_text
 from imgbuild.recipe.model import Recipe, Serve
-from imgbuild.restore.load import LoadOptions, LoadResult, load_set, select_images
+from imgbuild.restore.load import LoadOptions, LoadResult, load_located, select_images
 from imgbuild.setformat.manifest import Image, SetManifest
 
 SERVE_LABEL = "org.imgbuild.serve"
@@ -78,9 +78,17 @@ def load_and_run(engine: Engine, dirs: Sequence[Path], load_options: LoadOptions
     ``on_ready`` is called with the result once healthy, and this blocks until SIGINT/SIGTERM or until the
     container exits, then stops and removes the container.
     """
-    located = locate_set(dirs, load_options.catalog, load_options.set_id)
+    return run_located(engine, locate_set(dirs, load_options.catalog, load_options.set_id), load_options, options,
+                       progress, on_ready)
+
+
+def run_located(engine: Engine, located: LocatedSet, load_options: LoadOptions, options: RunOptions,
+                progress: ProgressCallback = no_progress,
+                on_ready: Callable[[RunResult], None] | None = None) -> RunResult:
+    """load_and_run on a located set. The load checks every part it sends (size, sha256) as it streams, so
+    the set is verified in the same read that loads it, and each disc is read once."""
     image = pick_image(located.manifest, options.image)
-    loaded = load_set(engine, dirs, load_options, progress)
+    loaded = load_located(engine, located, load_options, progress)
     ref = next((i.engine_id for i in loaded.images if i.number == image.number and i.engine_id), image.id)
     serve = serve_spec(engine, located.manifest, image, ref)
     with _sigterm_as_interrupt():

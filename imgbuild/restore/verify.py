@@ -4,16 +4,17 @@ Strict both ways: every file the manifest lists must be present with its size an
 present must be listed; SHA256SUMS must say exactly what the manifest says; each volume's manifest copy
 must be the trusted one. Missing volumes are named and the others are still checked.
 
-Each volume's files are read front to back in the manifest's order (the order they were written, which is
-the on-disc order an optical drive reads without seeking) by a reader thread, and hashed by a second
-thread (imgbuild.discs.readahead). ``deep`` also decompresses every layer whose parts are all present and
+Each volume's files are read front to back in the manifest's order (the order they were written, which is the
+on-disc order an optical drive reads without seeking) by a reader thread, and hashed by a second thread
+(imgbuild.discs.readahead), block by block as well when the manifest lists block hashes: a damaged file is
+located to the block in the same read, so the damage assessment (imgbuild.parity.damage) reads nothing
+again. Every disc is read once. ``deep`` also decompresses every layer whose parts are all present and
 checks the layer's size and diff id; that work happens in the calling thread, a third stage.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -22,16 +23,17 @@ from typing import Any
 
 import zstandard
 
-from imgbuild.discs.iso import is_iso, iso_unexpected
-from imgbuild.discs.locate import LocatedSet, locate_set, safe_member
+from imgbuild.discs.locate import LocatedSet, locate_set
+from imgbuild.discs.problems import Problem, ProblemKind
 from imgbuild.discs.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, HashedReadAhead
-from imgbuild.foundation.errors import ArchiveError
+from imgbuild.discs.sources import EntryType, VolumeFile, VolumeSource
+from imgbuild.foundation.errors import FileFault, VolumeFileError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
-from imgbuild.parity.damage import assess, volume_locations
+from imgbuild.parity.damage import Recovery, assess
 from imgbuild.restore.checks import record_check
 from imgbuild.restore.layer_content import TarScanner, summarize
 from imgbuild.setformat import layout
-from imgbuild.setformat.manifest import Layer, SetManifest, Volume
+from imgbuild.setformat.manifest import Layer, SetManifest
 
 
 @dataclass(frozen=True)
@@ -43,20 +45,6 @@ class VerifyOptions:
     chunk_size: int = CHUNK_SIZE
     # A catalog folder: when it holds the set's manifest copy, this check is recorded beside it (imgbuild/restore/checks.py).
     record_in: Path | None = None
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad thing, named: ``kind`` is missing, size, sha256, unexpected, symlink, sums, manifest-copy,
-    volume-missing, folder, layer or layer-content (--refuse-devices)."""
-
-    kind: str
-    path: str
-    detail: str
-    volume: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "path": self.path, "detail": self.detail, "volume": self.volume}
 
 
 @dataclass(frozen=True)
@@ -75,9 +63,10 @@ class VerifyReport:
     layers_checked: int
     problems: tuple[Problem, ...] = field(default=())
     # When something is wrong: the damaged blocks and whether parity can rebuild them (imgbuild.parity.damage).
-    recovery: Any = None
+    recovery: Recovery | None = None
     content: Any = None  # deep: imgbuild.restore.layer_content.ContentSummary of the layers decompressed
     recorded: str | None = None  # the catalog's check record this check was added to
+    bytes_read: tuple[tuple[int, int], ...] = ()  # (volume, bytes read from it) by this command so far
 
     @property
     def ok(self) -> bool:
@@ -100,18 +89,26 @@ class VerifyReport:
             "recovery": self.recovery.to_json() if self.recovery is not None else None,
             "content": self.content.to_json() if self.content is not None else None,
             "recorded": self.recorded,
+            "bytes_read": {str(number): size for number, size in self.bytes_read},
         }
 
 
 @dataclass(frozen=True)
 class _Expected:
-    """A file to read: where it is and what it must be."""
+    """A file to read: where it is and what it must be; ``wrong_size`` when it is shorter than the manifest says
+    (read all the same, to locate its good blocks)."""
 
     volume: int
-    path: Path
+    file: VolumeFile
     relative: str
     size: int
     sha256: str
+    blocks: tuple[str, ...] | None
+    wrong_size: str | None = None
+
+    @property
+    def shown(self) -> str:
+        return str(self.file)
 
 
 def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
@@ -120,135 +117,152 @@ def verify_set(dirs: Sequence[Path], options: VerifyOptions = VerifyOptions(),
 
     Raises ManifestError when no trustworthy manifest exists (all copies hostile or unreadable).
     """
+    return verify_located(locate_set(dirs, options.catalog, options.set_id), options, progress)
+
+
+def verify_located(located: LocatedSet, options: VerifyOptions = VerifyOptions(),
+                   progress: ProgressCallback = no_progress) -> VerifyReport:
+    """Verify the volumes of a located set (``options.catalog`` and ``set_id`` were used to locate it)."""
     started = time.monotonic()
-    located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
-    problems = [Problem("folder", f.folder, f.reason) for f in located.findings]
+    problems = [Problem(ProblemKind.FOLDER, f.folder, f.reason) for f in located.findings]
     missing = tuple(located.missing()) if located.whole_set_expected else ()
     not_given = () if located.whole_set_expected else tuple(located.missing())
     for number in missing:
-        problems.append(Problem("volume-missing", manifest.volume(number).folder,
+        problems.append(Problem(ProblemKind.VOLUME_MISSING, manifest.volume(number).folder,
                                 f"volume {number} of {manifest.volume_count} is missing", number))
     manifest_sha = hashlib.sha256(located.manifest_bytes).hexdigest()
     to_read: list[_Expected] = []
-    for number, folder in located.folders.items():
-        volume = manifest.volume(number)
-        expected = _expected_files(volume, manifest_sha)
-        problems += _unexpected_entries(folder, number, set(expected))
-        problems += _check_sums(folder, number, expected)
-        for relative, (size, sha) in expected.items():
-            item, problem = _precheck(folder, number, relative, size, sha)
+    for number, source in located.volumes.items():
+        expected = _expected_files(manifest, number, manifest_sha)
+        problems += _unexpected_entries(source, number, set(expected))
+        problems += _check_sums(source, number, expected)
+        for relative, entry in expected.items():
+            item, problem = _precheck(source, number, relative, entry)
             if problem:
                 problems.append(problem)
-            else:
+            if item:
                 to_read.append(item)
     deep = _DeepCheck(manifest, located, options.refuse_devices) if options.deep else None
-    files, total = _hash_files(to_read, problems, deep, options.chunk_size, progress)
+    files, total = _hash_files(to_read, problems, deep, options.chunk_size, manifest.block_size, progress)
     if deep is not None:
         problems += deep.problems
-    recovery = None
-    if problems:
-        recovery = assess(manifest, located.folders, problems, volume_locations(located.folders))
+    recovery = assess(manifest, located.volumes, problems) if problems else None
     report = VerifyReport(
         set_id=manifest.set_id, name=manifest.name, manifest_source=located.manifest_source,
-        volume_count=manifest.volume_count, volumes_checked=tuple(located.folders),
+        volume_count=manifest.volume_count, volumes_checked=tuple(located.volumes),
         volumes_missing=missing, volumes_not_given=not_given, files_checked=files, bytes_checked=total,
         seconds=time.monotonic() - started, deep=options.deep,
         layers_checked=deep.layers_checked if deep else 0, problems=tuple(problems), recovery=recovery,
-        content=summarize(deep.scanners) if deep else None)
+        content=summarize(deep.scanners) if deep else None, bytes_read=tuple(located.bytes_read().items()))
     if options.record_in is not None and layout.catalog_path(options.record_in, manifest.set_id).is_file():
         report = replace(report, recorded=str(record_check(options.record_in, report)))
     return report
 
 
-def _expected_files(volume: Volume, manifest_sha: str) -> dict[str, tuple[int | None, str]]:
-    """Volume-relative path -> (size, sha256), in on-disc order; the manifest copy's size is not recorded."""
-    files: dict[str, tuple[int | None, str]] = {f.path: (f.size, f.sha256) for f in volume.files}
-    files[layout.MANIFEST_NAME] = (None, manifest_sha)
+@dataclass(frozen=True)
+class _Listed:
+    """What the manifest says of one file of a volume; the manifest copy's size is not recorded (None)."""
+
+    size: int | None
+    sha256: str
+    blocks: tuple[str, ...] | None = None
+
+
+def _expected_files(manifest: SetManifest, number: int, manifest_sha: str) -> dict[str, _Listed]:
+    """Volume-relative path -> what it must be, in on-disc order."""
+    files = {f.path: _Listed(f.size, f.sha256, tuple(f.blocks) if f.blocks is not None else None)
+             for f in manifest.volume(number).files}
+    files[layout.MANIFEST_NAME] = _Listed(None, manifest_sha)
     return files
 
 
-def _unexpected_entries(folder: Path, number: int, expected: set[str]) -> list[Problem]:
-    """Files (and symlinks, and special files) in the folder that the manifest does not list."""
+def _unexpected_entries(source: VolumeSource, number: int, expected: set[str]) -> list[Problem]:
+    """Files (and symlinks, and special files) on the volume that the manifest does not list."""
     allowed = expected | {layout.SUMS_NAME}
-    allowed_dirs = {p.rsplit("/", 1)[0] for p in allowed if "/" in p}
+    allowed_dirs = {p.rsplit("/", i)[0] for p in allowed for i in range(1, p.count("/") + 1)}
     problems: list[Problem] = []
-    if is_iso(folder):
-        return [Problem("unexpected", f"{folder}/{rel}", "not listed in the manifest", number)
-                for rel in iso_unexpected(folder, allowed)]
-    for root, dirs, names in os.walk(folder):
-        rel_root = Path(root).relative_to(folder).as_posix()
-        prefix = "" if rel_root == "." else rel_root + "/"
-        for name in sorted(dirs):
-            rel = prefix + name
-            if os.path.islink(os.path.join(root, name)):
-                problems.append(Problem("symlink", str(folder / rel), "a symbolic link, not listed", number))
-            elif rel not in allowed_dirs:
-                problems.append(Problem("unexpected", str(folder / rel) + "/", "a folder the manifest does not list",
-                                        number))
-        dirs[:] = [d for d in dirs if (prefix + d) in allowed_dirs and not os.path.islink(os.path.join(root, d))]
-        for name in sorted(names):
-            rel = prefix + name
-            if rel not in allowed:
-                problems.append(Problem("unexpected", str(folder / rel), "a file the manifest does not list", number))
+    for rel, kind in source.list().entries.items():
+        parent = rel.rpartition("/")[0]
+        if parent and parent not in allowed_dirs:
+            continue  # inside a folder named already
+        if kind is EntryType.SYMLINK and rel not in allowed:  # a listed one is named by _precheck
+            problems.append(Problem(ProblemKind.SYMLINK, source.shown(rel), "a symbolic link, not listed", number))
+        elif kind is EntryType.FOLDER and rel not in allowed_dirs:
+            problems.append(Problem(ProblemKind.UNEXPECTED, source.shown(rel) + "/",
+                                    "a folder the manifest does not list", number))
+        elif kind in (EntryType.FILE, EntryType.OTHER) and rel not in allowed:
+            problems.append(Problem(ProblemKind.UNEXPECTED, source.shown(rel), "a file the manifest does not list",
+                                    number))
     return problems
 
 
-def _check_sums(folder: Path, number: int, expected: dict[str, tuple[int | None, str]]) -> list[Problem]:
+def _check_sums(source: VolumeSource, number: int, expected: dict[str, _Listed]) -> list[Problem]:
     """SHA256SUMS must list exactly the expected files with exactly the manifest's hashes."""
-    where = str(folder / layout.SUMS_NAME)
+    where = source.shown(layout.SUMS_NAME)
     try:
-        path = safe_member(folder, layout.SUMS_NAME)
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        return [Problem("missing", where, "SHA256SUMS is missing", number)]
-    except (ArchiveError, UnicodeDecodeError) as exc:
-        return [Problem("sums", where, str(exc), number)]
+        text = source.read_small(layout.SUMS_NAME, layout.MAX_MANIFEST_BYTES).decode("utf-8")
+    except VolumeFileError as exc:
+        if exc.fault is FileFault.MISSING:
+            return [Problem(ProblemKind.MISSING, where, "SHA256SUMS is missing", number, layout.SUMS_NAME)]
+        return [Problem(ProblemKind.SUMS, where, str(exc), number, layout.SUMS_NAME)]
+    except UnicodeDecodeError as exc:
+        return [Problem(ProblemKind.SUMS, where, str(exc), number, layout.SUMS_NAME)]
     listed: dict[str, str] = {}
     problems: list[Problem] = []
+
+    def bad(detail: str) -> None:
+        problems.append(Problem(ProblemKind.SUMS, where, detail, number, layout.SUMS_NAME))
+
     for line_number, line in enumerate(text.splitlines(), 1):
         digest, sep, name = line[:64], line[64:66], line[66:]
         if sep not in ("  ", " *") or len(digest) != 64 or not layout.HEX64_RE.match(digest) or not name:
-            problems.append(Problem("sums", where, f"line {line_number} is not `<sha256>  <path>`", number))
+            bad(f"line {line_number} is not `<sha256>  <path>`")
         elif name in listed:
-            problems.append(Problem("sums", where, f"lists {name} twice", number))
+            bad(f"lists {name} twice")
         else:
             listed[name] = digest
-    for name, (_, sha) in expected.items():
+    for name, entry in expected.items():
         if name not in listed:
-            problems.append(Problem("sums", where, f"does not list {name}", number))
-        elif listed[name] != sha:
-            problems.append(Problem("sums", where, f"says {name} has sha256 {listed[name]}, the manifest says {sha}",
-                                    number))
+            bad(f"does not list {name}")
+        elif listed[name] != entry.sha256:
+            bad(f"says {name} has sha256 {listed[name]}, the manifest says {entry.sha256}")
     for name in listed:
         if name not in expected:
-            problems.append(Problem("sums", where, f"lists {name}, which the manifest does not", number))
+            bad(f"lists {name}, which the manifest does not")
     return problems
 
 
-def _precheck(folder: Path, number: int, relative: str, size: int | None,
-              sha: str) -> tuple[_Expected | None, Problem | None]:
-    """Presence, type and size before reading: a file of the wrong size is not worth reading."""
-    shown = str(folder / relative)
+_FAULT_KINDS = {FileFault.MISSING: ProblemKind.MISSING, FileFault.SYMLINK: ProblemKind.SYMLINK}
+
+
+def _precheck(source: VolumeSource, number: int, relative: str,
+              entry: _Listed) -> tuple[_Expected | None, Problem | None]:
+    """Presence, type and size before reading: a file of the wrong size is read only when it is shorter and
+    block hashes can tell which of its blocks are still good."""
+    shown = source.shown(relative)
     try:
-        path = safe_member(folder, relative)
-    except FileNotFoundError:
-        return None, Problem("missing", shown, "listed in the manifest but not present", number)
-    except ArchiveError as exc:
-        kind = "symlink" if "symbolic link" in str(exc) else "unexpected"
-        return None, Problem(kind, shown, str(exc), number)
-    actual = path.lstat().st_size
-    if size is not None and actual != size:
-        return None, Problem("size", shown, f"{actual} bytes, the manifest says {size}", number)
-    return _Expected(number, path, relative, actual if size is None else size, sha), None
+        actual = source.size(relative)
+    except VolumeFileError as exc:
+        kind = _FAULT_KINDS.get(exc.fault, ProblemKind.UNEXPECTED)
+        detail = "listed in the manifest but not present" if kind is ProblemKind.MISSING else str(exc)
+        return None, Problem(kind, shown, detail, number, relative)
+    item = _Expected(number, VolumeFile(source, relative), relative, actual if entry.size is None else entry.size,
+                     entry.sha256, entry.blocks)
+    if entry.size is None or actual == entry.size:
+        return item, None
+    detail = f"{actual} bytes, the manifest says {entry.size}"
+    if entry.blocks is not None and actual < entry.size:
+        return replace(item, wrong_size=detail), None
+    return None, Problem(ProblemKind.SIZE, shown, detail, number, relative)
 
 
 def _hash_files(to_read: list[_Expected], problems: list[Problem], deep: "_DeepCheck | None", chunk_size: int,
-                progress: ProgressCallback) -> tuple[int, int]:
+                block_size: int | None, progress: ProgressCallback) -> tuple[int, int]:
     total = sum(item.size for item in to_read)
     done = files = 0
     task = "verify"
-    with HashedReadAhead([item.path for item in to_read], chunk_size=chunk_size) as reader:
+    with HashedReadAhead([item.file for item in to_read], chunk_size=chunk_size, block_size=block_size) as reader:
         for event in reader:
             item = to_read[event.index]
             if isinstance(event, FileStart):
@@ -269,19 +283,33 @@ def _hash_files(to_read: list[_Expected], problems: list[Problem], deep: "_DeepC
 
 
 def _check_end(item: _Expected, event: FileEnd, problems: list[Problem]) -> bool:
-    shown = str(item.path)
-    if event.error is not None:
-        problems.append(Problem("unreadable", shown, event.error, item.volume))
+    def bad(kind: ProblemKind, detail: str) -> None:
+        problems.append(Problem(kind, item.shown, detail, item.volume, item.relative, _bad_blocks(item, event)))
+
+    if item.wrong_size is not None:
+        bad(ProblemKind.SIZE, item.wrong_size)
+    elif event.error is not None:
+        bad(ProblemKind.UNREADABLE, event.error)
     elif event.size != item.size:
-        problems.append(Problem("size", shown, f"{event.size} bytes read, expected {item.size}", item.volume))
+        bad(ProblemKind.SIZE, f"{event.size} bytes read, expected {item.size}")
     elif event.sha256 != item.sha256:
-        what = "a copy of the manifest that differs from the trusted one" \
-            if item.relative == layout.MANIFEST_NAME else "content differs"
-        kind = "manifest-copy" if item.relative == layout.MANIFEST_NAME else "sha256"
-        problems.append(Problem(kind, shown, f"{what}: sha256 {event.sha256}, expected {item.sha256}", item.volume))
+        if item.relative == layout.MANIFEST_NAME:
+            bad(ProblemKind.MANIFEST_COPY, f"a copy of the manifest that differs from the trusted one: sha256 "
+                                           f"{event.sha256}, expected {item.sha256}")
+        else:
+            bad(ProblemKind.SHA256, f"content differs: sha256 {event.sha256}, expected {item.sha256}")
     else:
         return True
     return False
+
+
+def _bad_blocks(item: _Expected, event: FileEnd) -> tuple[int, ...] | None:
+    """The blocks of a damaged file that did not match (a block not read to its end is bad); None when the
+    manifest lists no block hashes for it."""
+    if item.blocks is None or event.blocks is None:
+        return None
+    got = event.blocks
+    return tuple(i for i, want in enumerate(item.blocks) if i >= len(got) or got[i] != want)
 
 
 class _TooBig(Exception):
@@ -383,12 +411,12 @@ class _DeepCheck:
             self.layers_checked += 1
         if self.refuse_devices:
             names = ", ".join(p.path for p in layer.parts)
-            self.problems += [Problem("layer-content", names, f"layer {layer.number}: {e.name}: {e.detail} "
-                                      "(--refuse-devices)") for e in sink.scanner.entries if e.kind == "device"]
+            self.problems += [Problem(ProblemKind.LAYER_CONTENT, names, f"layer {layer.number}: {e.name}: {e.detail} "
+                                      "(device nodes refused)") for e in sink.scanner.entries if e.kind == "device"]
 
     def _fail(self, layer: Layer, reason: str) -> None:
         self.broken.add(layer.number)
         self.writers.pop(layer.number, None)
         self.sinks.pop(layer.number, None)
         names = ", ".join(p.path for p in layer.parts)
-        self.problems.append(Problem("layer", names, f"layer {layer.number} ({layer.diff_id}): {reason}"))
+        self.problems.append(Problem(ProblemKind.LAYER, names, f"layer {layer.number} ({layer.diff_id}): {reason}"))

@@ -2,14 +2,13 @@
 
 The manifest (format v2) lists, for every file it covers, the SHA-256 of each consecutive BLOCK_SIZE
 block (the last one shorter). The whole-file SHA-256 stays the root of trust; block hashes only say
-*where* a file is damaged. verify hashes whole files on its fast path and reads a file a second time,
-block by block, only when its whole-file hash did not match (see ``bad_blocks``).
+*where* a file is damaged. verify hashes both in the one read of each file (``BlockHasher``), so a damaged
+file is located without reading it again.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import BinaryIO
 
 BLOCK_SIZE = 4 * 1024 * 1024
 
@@ -54,23 +53,3 @@ class BlockHasher:
 
 def block_count(size: int, block_size: int = BLOCK_SIZE) -> int:
     return -(-size // block_size)
-
-
-def bad_blocks(fh: BinaryIO, expected: list[str], size: int, block_size: int = BLOCK_SIZE) -> list[int]:
-    """Indexes of the blocks of ``fh`` (seekable) that are short, unreadable or differ from ``expected``.
-
-    ``size`` is the size the file should have. A read error marks its block bad and the scan goes on, so
-    a scratch in one place of a disc costs only the blocks it covers.
-    """
-    bad = []
-    for index, want in enumerate(expected):
-        length = min(block_size, size - index * block_size)
-        try:
-            fh.seek(index * block_size)
-            data = fh.read(length)
-        except OSError:
-            bad.append(index)
-            continue
-        if len(data) != length or hashlib.sha256(data).hexdigest() != want:
-            bad.append(index)
-    return bad
