@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.setformat import layout
-from imgbuild.restore.checks import CatalogOptions, checks_path, list_catalog, read_checks
 from imgbuild.foundation.errors import ArchiveError
-from imgbuild.setformat.manifest import dump_manifest
+from imgbuild.restore.checks import CatalogOptions, checks_path, list_catalog, read_checks
 from imgbuild.restore.verify import VerifyOptions, verify_set
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import dump_manifest
 from tests.support.synthetic_set import make_set, write_metadata
 
 IMGBUILD = Path(sys.executable).parent / "imgbuild"
@@ -88,4 +88,4 @@ def test_cli_verify_records_and_catalog_lists(tmp_path: Path) -> None:
     assert data["sets"][0]["last_ok"] is True and data["interval_days"] == 730
     table = subprocess.run([str(IMGBUILD), "catalog", "--catalog", str(catalog), "--interval-days", "0"],
                            capture_output=True, text=True, timeout=120)
-    assert table.returncode == 1 and "--interval-days 0" in table.stderr
+    assert table.returncode == 2 and "--interval-days 0" in table.stderr

@@ -18,10 +18,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imgbuild.setformat import layout
-from imgbuild.foundation.errors import ArchiveError, ManifestError
-from imgbuild.setformat.manifest import dump_manifest, parse_manifest
+from imgbuild.foundation.errors import ArchiveError, ManifestError, Remedy
 from imgbuild.restore.verify import VerifyOptions, verify_set
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import dump_manifest, parse_manifest
 from tests.support import synthetic_set
 
 GIB = 1 << 30
@@ -201,11 +201,16 @@ def test_an_empty_or_oversized_manifest_says_why(tmp_path: Path, content: bytes 
 
 
 def test_several_sets_in_one_folder_need_set_and_are_listed(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgbuild.cli import app
+
     first = two_volume_set(tmp_path / "set")
     second = two_volume_set(tmp_path / "set", set_id="fedcba9876543210")
     with pytest.raises(ArchiveError) as err:
         verify_set([tmp_path / "set"])
-    assert "volumes of 2 sets here" in str(err.value) and "--set" in (err.value.hint or "")
+    assert "volumes of 2 sets here" in str(err.value) and err.value.remedy is Remedy.CHOOSE_SET
+    assert "choose one with --set SETID" in CliRunner().invoke(app, ["verify", str(tmp_path / "set")]).output
     assert synthetic_set.SET_ID in str(err.value) and "fedcba9876543210" in str(err.value)
     for set_id, volumes in ((synthetic_set.SET_ID, first), ("fedcba9876543210", second)):
         report = verify_set([tmp_path / "set"], VerifyOptions(set_id=set_id))

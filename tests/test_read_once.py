@@ -63,9 +63,8 @@ def test_verify_reads_each_volume_exactly_once_and_locates_the_damage_in_that_re
     assert dict(report.bytes_read) == located.bytes_read()
 
 
+@pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso is not installed")
 def test_verify_reads_iso_volumes_once(tmp_path: Path) -> None:
-    if shutil.which("xorriso") is None:
-        pytest.skip("xorriso is not installed")
     root, manifest = damaged_set(tmp_path)
     images = make_volume_isos(root, manifest.set_id, [(v.number, v.folder) for v in manifest.volumes])
     located = locate_set([image.path for image in images])

@@ -10,6 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from imgbuild.cli.common import JsonOpt, VerboseOpt, app, cli_command, emit
+from imgbuild.foundation.errors import UsageError
 from imgbuild.restore.checks import DEFAULT_INTERVAL_DAYS, CatalogOptions, CatalogReport, list_catalog
 from imgbuild.setformat import layout
 
@@ -44,4 +45,6 @@ def catalog_command(
     verbose: VerboseOpt = False,
 ) -> None:
     """List the sets known here with their last check (imgbuild verify records each) and which are due."""
+    if interval_days < 1:
+        raise UsageError(f"--interval-days {interval_days}: must be at least 1")
     emit(list_catalog(CatalogOptions(catalog=catalog, interval_days=interval_days)), json_out, render_catalog)

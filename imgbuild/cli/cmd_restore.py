@@ -26,6 +26,7 @@ from imgbuild.cli.common import (
 from imgbuild.engine.connect import connect
 from imgbuild.foundation.errors import UsageError
 from imgbuild.parity.damage import describe
+from imgbuild.restore.layer_content import ContentSummary
 from imgbuild.restore.load import LoadOptions, LoadResult, VolumeRequest, load_set
 from imgbuild.restore.run import RunOptions, RunResult, load_and_run
 from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_set
@@ -42,6 +43,10 @@ ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Move the set's tags even when the engine has them on other images (refused otherwise).")]
 
 
+def content_line(summary: ContentSummary) -> str:
+    return summary.describe() + (" (--json lists them)" if summary.counts else "")
+
+
 def render_verify(report: VerifyReport) -> Table | str:
     lines = [f"set {report.name} ({report.set_id}), manifest {report.manifest_source}",
              f"volumes checked: {', '.join(map(str, report.volumes_checked)) or 'none'} of {report.volume_count}"]
@@ -52,7 +57,7 @@ def render_verify(report: VerifyReport) -> Table | str:
     if report.deep:
         lines.append(f"deep: {report.layers_checked} layers decompressed and their diff ids checked")
         if report.content is not None:
-            lines.append(escape(report.content.describe()))
+            lines.append(escape(content_line(report.content)))
     for problem in report.problems:
         lines.append(f"[red]BAD[/red] {escape(problem.path)}: {escape(problem.detail)}")
     if report.recovery is not None:
@@ -100,7 +105,7 @@ def render_load(result: LoadResult) -> str:
     for image in result.images:
         lines.append(f"{image.status:8} {image.id[:19]} {' '.join(image.tags)}")
     if result.layers_sent:
-        lines.append(escape(result.content.describe()))
+        lines.append(escape(content_line(result.content)))
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
 from imgbuild import __version__
-from imgbuild.foundation.errors import BuildFailed, ImgbuildError
+from imgbuild.foundation.errors import BuildFailed, ImgbuildError, Remedy
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent
 
 
@@ -120,6 +120,23 @@ stderr = Console(stderr=True, soft_wrap=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# The option that makes the choice a core error points to: option names live here, not in the core.
+REMEDY_HINTS = {
+    Remedy.CHOOSE_SET: "choose one with --set SETID",
+    Remedy.CHOOSE_IMAGE: "choose one with --image NAME",
+    Remedy.MOVE_TAGS: "--force moves the tags (the other images stay, without these names)",
+    Remedy.ASK_FOR_VOLUMES: "--prompt asks for each disc when it is needed",
+    Remedy.OTHER_OUT: "choose another --out",
+    Remedy.GIVE_CATALOG: "`imgbuild archive --catalog DIR` writes one; give it with --catalog DIR",
+}
+
+
+def hint_of(exc: ImgbuildError) -> str | None:
+    """The error's own hint and the option that makes the choice it points to."""
+    parts = [part for part in (exc.hint, REMEDY_HINTS.get(exc.remedy) if exc.remedy else None) if part]
+    return "; ".join(parts) or None
+
+
 def report_error(exc: BaseException) -> None:
     """Write one error as a message on stderr: what failed, the log tail of a build, the hint."""
     if os.environ.get("IMGBUILD_TRACEBACK") == "1":
@@ -130,8 +147,9 @@ def report_error(exc: BaseException) -> None:
             stderr.print(escape(line), highlight=False)
     if isinstance(exc, ImgbuildError):
         stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
-        if exc.hint:
-            stderr.print(f"[yellow]hint:[/yellow] {escape(exc.hint)}", highlight=False)
+        hint = hint_of(exc)
+        if hint:
+            stderr.print(f"[yellow]hint:[/yellow] {escape(hint)}", highlight=False)
     else:
         stderr.print(f"[bold red]unexpected error:[/bold red] {escape(type(exc).__name__)}: {escape(str(exc))}",
                      highlight=False)
@@ -159,6 +177,8 @@ def _error_json(exc: BaseException, kwargs: dict[str, Any]) -> None:
     context = {k: v for k, v in vars(exc).items() if not k.startswith("_") and isinstance(v, plain)}
     error = {"type": type(exc).__name__, **context, "message": str(exc),
              "exit_code": getattr(exc, "exit_code", 1)}
+    if isinstance(exc, ImgbuildError):
+        error["hint"] = hint_of(exc)
     sys.stdout.write(json.dumps({"ok": False, "error": error}, indent=2) + "\n")
     sys.stdout.flush()
 

@@ -54,7 +54,7 @@ class IsoImage:
 def xorriso_path() -> str:
     found = shutil.which("xorriso")
     if found is None:
-        raise ArchiveError("xorriso is not installed; --iso needs it", hint="apt-get install xorriso")
+        raise ArchiveError("xorriso is not installed; ISO images need it", hint="apt-get install xorriso")
     return found
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from imgbuild.discs.iso import IsoVolume, is_iso
 from imgbuild.discs.sources import FolderVolume, VolumeSource
-from imgbuild.foundation.errors import ArchiveError, ManifestError
+from imgbuild.foundation.errors import ArchiveError, ManifestError, Remedy
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import SetManifest, parse_manifest
 
@@ -151,7 +151,7 @@ def locate_set(dirs: Sequence[Path], catalog: Path | None = None, set_id: str | 
     else:
         manifest, trusted_bytes, source = _majority_manifest(copies, unreadable, set_id)
     if set_id is not None and manifest.set_id != set_id:
-        raise ArchiveError(f"{source} is the manifest of set {manifest.set_id}, not of --set {set_id}")
+        raise ArchiveError(f"{source} is the manifest of set {manifest.set_id}, not of set {set_id}, the one asked for")
     numbers: dict[int, VolumeSource] = {}
     for folder in folders:
         number = identify_volume(folder, manifest)
@@ -201,7 +201,7 @@ def _majority_manifest(copies: dict[VolumeSource, bytes], unreadable: dict[Volum
         raise ArchiveError(f"no volume of set {set_id} here" + (f"; found {_list_sets(sets)}" if sets else ""))
     if len(sets) > 1:
         raise ArchiveError(f"volumes of {len(sets)} sets here: {_list_sets(sets)}",
-                           hint="choose one with --set SETID")
+                           remedy=Remedy.CHOOSE_SET)
     if sets:
         return next(iter(sets.values()))[:3]
     if first_error is not None and all(copies.values()):

@@ -10,15 +10,28 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+class Remedy(StrEnum):
+    """A choice the user can make to get past an error. The core names the choice, the command line the
+    option that makes it (imgbuild.cli.common.REMEDY_HINTS): option names live in the CLI layer only."""
+
+    CHOOSE_SET = "choose-set"  # the folders hold volumes of several sets
+    CHOOSE_IMAGE = "choose-image"  # the set holds several images and none is the app
+    MOVE_TAGS = "move-tags"  # the engine has the set's tags on other images
+    ASK_FOR_VOLUMES = "ask-for-volumes"  # volumes needed are not among the folders given
+    OTHER_OUT = "other-out"  # the output folder holds an earlier result
+    GIVE_CATALOG = "give-catalog"  # no catalog folder where one was looked for
+
+
 class ImgbuildError(Exception):
     """Root of all imgbuild errors. ``exit_code`` is what the CLI exits with."""
 
     exit_code = 1
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None, remedy: Remedy | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.remedy = remedy
 
     def __str__(self) -> str:
         return self.message

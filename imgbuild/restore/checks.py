@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from imgbuild.foundation.atomicfile import write_atomic
-from imgbuild.foundation.errors import ArchiveError
+from imgbuild.foundation.errors import ArchiveError, Remedy
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import parse_manifest
 
@@ -109,10 +109,9 @@ def list_catalog(options: CatalogOptions = CatalogOptions()) -> CatalogReport:
     A set is due when it was never checked completely and without errors within the interval: a check
     that failed or read only some volumes does not reset the clock."""
     if options.interval_days < 1:
-        raise ArchiveError(f"--interval-days {options.interval_days}: must be at least 1")
+        raise ArchiveError(f"a re-test interval of {options.interval_days} days: must be at least 1")
     if not options.catalog.is_dir():
-        raise ArchiveError(f"{options.catalog}: no catalog folder here",
-                           hint="`imgbuild archive --catalog DIR` writes one; give it with --catalog DIR")
+        raise ArchiveError(f"{options.catalog}: no catalog folder here", remedy=Remedy.GIVE_CATALOG)
     now = options.now or _now()
     interval = timedelta(days=options.interval_days)
     entries = []

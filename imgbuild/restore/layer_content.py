@@ -44,8 +44,7 @@ class ContentSummary:
             return "layer content: no device nodes, setuid/setgid files or unsafe paths"
         words = {"device": "device node(s)", "setuid": "setuid file(s)", "setgid": "setgid file(s)",
                  "path": "absolute or '..' path(s)", "unreadable": "layer(s) not readable as tar"}
-        return "layer content: " + ", ".join(f"{n} {words.get(k, k)}" for k, n in self.counts) + \
-            " (--json lists them)"
+        return "layer content: " + ", ".join(f"{n} {words.get(k, k)}" for k, n in self.counts)
 
     def to_json(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "entries": [e.to_json() for e in self.entries]}

@@ -28,7 +28,8 @@ from imgbuild.discs.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, 
 from imgbuild.discs.sources import VolumeFile, VolumeSource
 from imgbuild.engine.connect import Engine
 from imgbuild.engine.image_ids import describe, find_set_image
-from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, FileFault, LoadError, UsageError, VolumeFileError
+from imgbuild.foundation.errors import (ArchiveError, ChecksumMismatch, FileFault, LoadError, Remedy, UsageError,
+                                       VolumeFileError)
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.restore.layer_content import ContentSummary, TarScanner, summarize
@@ -39,7 +40,7 @@ from imgbuild.setformat.manifest import Image, Layer, Part, SetManifest
 
 @dataclass(frozen=True)
 class VolumeRequest:
-    """Asked of the user (``--prompt``) when a needed volume is not among the folders given."""
+    """Asked of the user (LoadOptions.ask_volume) when a needed volume is not among the folders given."""
 
     number: int
     label: str
@@ -117,7 +118,7 @@ def load_located(engine: Engine, located: LocatedSet, options: LoadOptions = Loa
     if conflicts and not options.force:
         raise LoadError("the engine has tags of this set on other images: " + "; ".join(map(str, conflicts))
                         + "; nothing was loaded or tagged",
-                        hint="--force moves the tags (the other images stay, without these names)")
+                        remedy=Remedy.MOVE_TAGS)
     stream = _LayerStreams(located, to_load, options, progress)
     if to_load:
         stream.preflight()
@@ -255,7 +256,7 @@ class _LayerStreams:
         if missing and self.options.ask_volume is None:
             names = "; ".join(self.located.label(n) for n in missing)
             raise LoadError(f"volumes needed but not found: {names}",
-                            hint="name their folders too, or use --prompt to be asked for each disc")
+                            hint="name their folders too", remedy=Remedy.ASK_FOR_VOLUMES)
         for number in sorted(self.volumes):
             self._check_volume(number)
 
@@ -323,7 +324,7 @@ class _LayerStreams:
                     # Before these bytes reach the engine: the load stream ends unfinished, nothing is loaded.
                     entry = next(e for e in scanner.entries if e.kind == "device")
                     raise LoadError(f"layer {layer.number} ({layer.diff_id}) holds a device node: {entry.name} "
-                                    f"({entry.detail}); nothing was loaded (--refuse-devices)")
+                                    f"({entry.detail}); nothing was loaded (device nodes refused)")
                 self.bytes_sent += len(data)
                 yield data
         except zstandard.ZstdError as exc:

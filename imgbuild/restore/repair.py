@@ -32,7 +32,7 @@ from imgbuild.discs.iso import make_volume_isos
 from imgbuild.discs.locate import LocatedSet, locate_set
 from imgbuild.discs.sources import VolumeSource
 from imgbuild.foundation.atomicfile import disk_errors, fsync_dir, write_file_atomic
-from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch
+from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, Remedy
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.parity import erasure
 from imgbuild.parity.damage import Recovery, assess, describe, file_offsets, pick_sources
@@ -153,7 +153,7 @@ class _Rebuild:
             final = staging.with_name(staging.name.removesuffix(layout.PARTIAL_SUFFIX))
             if final.exists():
                 raise ArchiveError(f"{final} already exists; repair writes only into new folders",
-                                   hint="choose another --out or remove the old repair")
+                                   hint="remove the old repair", remedy=Remedy.OTHER_OUT)
             shutil.rmtree(staging, ignore_errors=True)
             volume = self.manifest.volume(number)
             opener = self.volumes[number].open if number in self.volumes else None

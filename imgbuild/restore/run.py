@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from imgbuild.discs.locate import LocatedSet, locate_set
 from imgbuild.engine.connect import Engine
-from imgbuild.foundation.errors import LoadError, RecipeError, UsageError
+from imgbuild.foundation.errors import LoadError, RecipeError, Remedy, UsageError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe.loader import parse_recipe_text
 from imgbuild.recipe.model import Recipe, Serve
@@ -103,7 +103,7 @@ def run_located(engine: Engine, located: LocatedSet, load_options: LoadOptions, 
 
 
 def pick_image(manifest: SetManifest, name: str | None) -> Image:
-    """``--image NAME``, else the app image, else the only image."""
+    """The image ``name`` names, else the app image, else the only image."""
     if name is not None:
         found = select_images(manifest, [name])
         if len(found) != 1:
@@ -115,8 +115,8 @@ def pick_image(manifest: SetManifest, name: str | None) -> Image:
     if len(manifest.images) == 1:
         return manifest.images[0]
     names = ", ".join(t for i in manifest.images for t in i.tags)
-    raise UsageError(f"set {manifest.name} holds several images and none is marked as the app; "
-                     f"choose one with --image ({names})")
+    raise UsageError(f"set {manifest.name} holds several images and none is marked as the app: {names}",
+                     remedy=Remedy.CHOOSE_IMAGE)
 
 
 def serve_spec(engine: Engine, manifest: SetManifest, image: Image, ref: str | None = None) -> Serve:
@@ -133,7 +133,8 @@ def serve_spec(engine: Engine, manifest: SetManifest, image: Image, ref: str | N
         except (ValueError, ValidationError) as exc:
             raise LoadError(f"image {image.id}: label {SERVE_LABEL} is not a serve section: {exc}") from exc
     raise LoadError(f"image {image.id} has no serve section (no recipe in the set, no {SERVE_LABEL} label)",
-                    hint="run it yourself with podman/docker run, or choose the app image with --image")
+                    hint="run it yourself with podman/docker run",
+                    remedy=Remedy.CHOOSE_IMAGE)
 
 
 def recipe_serve(manifest: SetManifest, image: Image) -> Serve | None:
