@@ -9,29 +9,18 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild.foundation.errors import ArchiveError, ManifestError
 from imgbuild.parity import erasure
-
+from imgbuild.parity.volumes import ParityOptions, add_parity_volumes, check_parity, folder_opener, segments
 from imgbuild.setformat import layout
 from imgbuild.setformat.blockhash import BLOCK_SIZE
-from imgbuild.foundation.errors import ArchiveError, ManifestError
 from imgbuild.setformat.manifest import dump_manifest, parse_manifest
-from imgbuild.parity.volumes import ParityOptions, add_parity_volumes, check_parity, folder_opener, segments
 from tests.support.synthetic_set import make_set
 
 MIB = 1024 * 1024
 
 
-def gf_mul(a: int, b: int) -> int:
-    """GF(2^8) product with the polynomial 0x11D, written from FORMAT.md, independent of zfec."""
-    result = 0
-    while b:
-        if b & 1:
-            result ^= a
-        a <<= 1
-        if a & 0x100:
-            a ^= erasure.GF_POLYNOMIAL
-        b >>= 1
-    return result
+gf_mul = erasure.gf_mul  # written from FORMAT.md, independent of zfec
 
 
 def test_coefficients_follow_the_documented_vandermonde_construction() -> None:

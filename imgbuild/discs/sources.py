@@ -176,14 +176,16 @@ class FolderVolume(VolumeSource):
 
 
 def _walk(folder: Path, prefix: str) -> Iterator[tuple[str, os.DirEntry[str]]]:
-    """Every entry below ``folder``, parents before children, names sorted; symlinks are not followed."""
-    with os.scandir(folder) as found:
-        entries = sorted(found, key=lambda e: e.name)
-    for entry in entries:
-        rel = prefix + entry.name
-        yield rel, entry
-        if entry.is_dir(follow_symlinks=False):
-            yield from _walk(Path(entry.path), rel + "/")
+    """Every entry below ``folder``, each folder's entries sorted by name and before those of its subfolders;
+    symlinks are not followed. Iterative: a hostile volume's deep nesting costs no recursion."""
+    pending = [(folder, prefix)]
+    while pending:
+        here, at = pending.pop()
+        with os.scandir(here) as found:
+            entries = sorted(found, key=lambda e: e.name)
+        for entry in entries:
+            yield at + entry.name, entry
+        pending += [(Path(e.path), at + e.name + "/") for e in reversed(entries) if e.is_dir(follow_symlinks=False)]
 
 
 class _Counted(io.RawIOBase):

@@ -36,6 +36,19 @@ def coefficients(n_data: int, n_parity: int) -> list[list[int]]:
     return rows
 
 
+def gf_mul(a: int, b: int) -> int:
+    """a * b in GF(2^8) with the polynomial GF_POLYNOMIAL, as FORMAT.md describes it (independent of zfec)."""
+    product = 0
+    while b:
+        if b & 1:
+            product ^= a
+        a <<= 1
+        if a & 0x100:
+            a ^= GF_POLYNOMIAL
+        b >>= 1
+    return product
+
+
 def check_shape(n_data: int, n_parity: int) -> None:
     if n_data < 1 or n_parity < 1 or n_data + n_parity > MAX_VOLUMES:
         raise ValueError(f"parity needs 1 <= N, 1 <= M and N + M <= {MAX_VOLUMES}; got N={n_data}, M={n_parity}")

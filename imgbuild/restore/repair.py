@@ -1,20 +1,24 @@
 """`imgbuild repair DIR... --out DIR`: rebuild the damaged or missing volumes of a set, then verify them.
 
-1. locate the set once, verify the volumes given (folders or .iso images) and take the damage, located to the
-   block in verify's one read of each disc (imgbuild.parity.damage);
-2. refuse, naming the stretches, when more than M volumes are bad at the same place;
-3. for each volume to rebuild, write OUT/<folder> (as ``.partial`` first): intact files are copied (and
-   hashed on the way), intact blocks of damaged files are copied, and every bad stretch is decoded from N
-   good volumes (data volumes first, so a lost parity volume costs no decoding); a parity volume's
-   README.txt is generated again; the manifest is the trusted one and SHA256SUMS is made from it;
+1. locate the set once; a volume not found is built in OUT while verify reads the others (their bytes are
+   what it is made of, imgbuild/parity/accumulate.py);
+2. verify the volumes given (folders or .iso images) and take the damage, located to the block in verify's
+   one read of each disc (imgbuild.parity.damage); refuse, naming the stretches, when more than M volumes
+   are bad at the same place;
+3. for each other volume to rebuild, write OUT/<folder> (as ``.partial`` first): intact files are copied (and
+   hashed on the way), intact blocks of damaged files are copied, and every bad stretch not built in step 1
+   is decoded from N good volumes (data volumes first, so a lost parity volume costs no decoding); a parity
+   volume's README.txt is generated again; the manifest is the trusted one and SHA256SUMS is made from it;
 4. verify the rebuilt volumes, and with ``iso`` write an ISO image of each.
 
 Only the volumes that need it are written: the rest of the set stays where it is, and load or verify take
 the original folders plus OUT together.
 
-Reads: verify reads every disc once; the rebuild then reads, a second time, the intact bytes of each volume
-it rebuilds (copied) and the bad stretches of the volumes it decodes from - decoding needs N volumes at the
-same payload offsets at the same time, which one pass of one disc after the other cannot give.
+Reads: a set with lost volumes (not found) and no other damage is read once, disc by disc. Damage verify
+finds on a disc is known only once that disc was read: rebuilding it reads that disc's intact bytes again
+(to copy them) and, for its bad blocks, the same stretches of N other volumes (decoding needs them at the
+same offsets at the same time): a second read of the damaged discs and of the stretches their damage spans
+on the others, not of the whole set.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import hashlib
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -35,7 +39,8 @@ from imgbuild.foundation.atomicfile import disk_errors, fsync_dir, write_file_at
 from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, Remedy
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.parity import erasure
-from imgbuild.parity.damage import Recovery, assess, describe, file_offsets, pick_sources
+from imgbuild.parity.accumulate import LostStreams, xor_bytes
+from imgbuild.parity.damage import DamagedFile, Recovery, Stretch, assess, describe, file_offsets, pick_sources
 from imgbuild.parity.volumes import check_parity, parity_readme, payload_files, segments
 from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_located, verify_set
 from imgbuild.setformat import layout
@@ -94,24 +99,28 @@ def repair_located(located: LocatedSet, options: RepairOptions,
     started = time.monotonic()
     manifest = located.manifest
     check_parity(manifest)
-    report = verify_located(located, VerifyOptions(catalog=options.catalog, set_id=options.set_id), progress)
-    recovery = report.recovery or assess(manifest, located.volumes, ())
-    empty = RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0, verified=report,
-                         bytes_read=report.bytes_read)
-    if not recovery.targets:
-        return empty
-    if not recovery.recoverable:
-        raise ArchiveError("the set cannot be repaired: " + "; ".join(describe(recovery)[-1:]),
-                           hint="verify lists each damaged file and block")
+    rebuild = _Rebuild(manifest, located.volumes, options, progress)
     # Any OS error while writing (read-only or full file system, ...) names OUT or the file; the staging
     # folders are removed, so nothing half-written stays under a volume's name.
-    with disk_errors(options.out):
-        options.out.mkdir(parents=True, exist_ok=True)
-    rebuild = _Rebuild(manifest, located.volumes, recovery, options, progress)
     try:
+        lost = _lost_before(manifest, located)
+        if lost:  # built up while verify reads the other volumes (imgbuild/parity/accumulate.py)
+            with disk_errors(options.out):
+                rebuild.stage(lost, {})
+            streams = LostStreams(manifest, lost, rebuild.xor_at)
+        report = verify_located(located, VerifyOptions(catalog=options.catalog, set_id=options.set_id,
+                                                       on_chunk=streams.feed if lost else None), progress)
+        recovery = report.recovery or assess(manifest, located.volumes, ())
+        if not recovery.targets:
+            return RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0, verified=report,
+                                bytes_read=report.bytes_read)
+        if not recovery.recoverable:
+            raise ArchiveError("the set cannot be repaired: " + "; ".join(describe(recovery)[-1:]),
+                               hint="verify lists each damaged file and block")
         with disk_errors(options.out):
-            rebuild.prepare()
-            decode_seconds = rebuild.decode()
+            rebuild.stage([t for t in recovery.targets if t not in lost], recovery.damaged)
+            decode_seconds = rebuild.decode(recovery.stretches, set(lost))
+            decode_seconds += streams.seconds if lost else 0.0
             finals = rebuild.finish(located.manifest_bytes)
     except BaseException:
         rebuild.discard()
@@ -131,31 +140,47 @@ def repair_located(located: LocatedSet, options: RepairOptions,
                         tuple(located.bytes_read().items()))
 
 
-class _Rebuild:
-    """The target volumes' files being written: copies first, then the decoded stretches patched in."""
+def _lost_before(manifest: SetManifest, located: LocatedSet) -> list[int]:
+    """The volumes not found, when the parity volumes can rebuild them all (else there is nothing to build)."""
+    missing = located.missing()
+    parity = manifest.parity
+    return missing if parity is not None and 0 < len(missing) <= parity.parity_volumes else []
 
-    def __init__(self, manifest: SetManifest, volumes: dict[int, VolumeSource], recovery: Recovery,
-                 options: RepairOptions, progress: ProgressCallback) -> None:
+
+class _Rebuild:
+    """The target volumes' files being written: lost volumes built up while the others are verified, copies
+    of intact content, then the stretches decoded from N volumes patched in."""
+
+    def __init__(self, manifest: SetManifest, volumes: dict[int, VolumeSource], options: RepairOptions,
+                 progress: ProgressCallback) -> None:
         self.manifest = manifest
         self.volumes = volumes
-        self.recovery = recovery
         self.options = options
         self.progress = progress
-        self.damaged = {(d.volume, d.path): d for d in recovery.damaged}
-        self.staging = {t: layout.partial(options.out / manifest.volume(t).folder) for t in recovery.targets}
+        self.damaged: dict[tuple[int, str], DamagedFile] = {}
+        self.staging: dict[int, Path] = {}
+        self.writers: dict[int, _StreamWriter] = {}
         self.fds: dict[tuple[int, str], int] = {}
+        self.created_out = False
         self.copied = 0
         self.decoded = 0
 
-    def prepare(self) -> None:
-        """Create every file of every target: intact content copied, the rest left as zeros to be patched."""
-        for number, staging in self.staging.items():
-            final = staging.with_name(staging.name.removesuffix(layout.PARTIAL_SUFFIX))
+    def stage(self, numbers: Sequence[int], damaged: Sequence[DamagedFile]) -> None:
+        """Create every file of the volumes ``numbers``: intact content copied, the rest left as zeros to be
+        filled in."""
+        if numbers and not self.options.out.exists():
+            self.options.out.mkdir(parents=True)
+            self.created_out = True
+        self.damaged.update({(d.volume, d.path): d for d in damaged})
+        for number in numbers:
+            volume = self.manifest.volume(number)
+            staging = layout.partial(self.options.out / volume.folder)
+            final = self.options.out / volume.folder
             if final.exists():
                 raise ArchiveError(f"{final} already exists; repair writes only into new folders",
                                    hint="remove the old repair", remedy=Remedy.OTHER_OUT)
             shutil.rmtree(staging, ignore_errors=True)
-            volume = self.manifest.volume(number)
+            self.staging[number] = staging
             opener = self.volumes[number].open if number in self.volumes else None
             for entry in volume.files:
                 path = staging / entry.path
@@ -165,13 +190,18 @@ class _Rebuild:
                 self.fds[(number, entry.path)] = fd
                 with disk_errors(path):
                     os.ftruncate(fd, entry.size)
-                damaged = self.damaged.get((number, entry.path))
+                damaged_file = self.damaged.get((number, entry.path))
                 if opener is None:
                     continue
-                if damaged is None:
+                if damaged_file is None:
                     self._copy_whole(opener, entry, fd)
                 else:
-                    self._copy_good_blocks(opener, entry, fd, set(damaged.bad_blocks))
+                    self._copy_good_blocks(opener, entry, fd, set(damaged_file.bad_blocks))
+            self.writers[number] = _StreamWriter(volume, self.fds)
+
+    def xor_at(self, number: int, offset: int, data: bytes) -> None:
+        with disk_errors(self.staging[number]):
+            self.writers[number].xor_at(offset, data)
 
     def _copy_whole(self, opener: erasure.Opener, entry: FileEntry, fd: int) -> None:
         hasher = hashlib.sha256()
@@ -202,17 +232,20 @@ class _Rebuild:
                 os.pwrite(fd, data, index * block)
                 self.copied += len(data)
 
-    def decode(self) -> float:
-        """Decode every bad stretch from N good volumes and write it into the target files."""
+    def decode(self, stretches: Sequence[Stretch], built: set[int]) -> float:
+        """Decode each bad stretch from N good volumes and write it into the target files; a stretch where only
+        volumes in ``built`` are bad was built already, while they were verified."""
         parity = self.manifest.parity
-        stretches = self.recovery.stretches
+        for stretch in stretches:
+            if stretch.bad <= built:
+                self.decoded += (stretch.end - stretch.start) * len(stretch.bad)
+        stretches = [s for s in stretches if not s.bad <= built]
         if not stretches:
             return 0.0
         assert parity is not None
         n, m = parity.data_volumes, parity.parity_volumes
         streams = {v.number: erasure.PayloadStream(segments(v), self._source_opener(v.number))
                    for v in self.manifest.volumes}
-        writers = {t: _StreamWriter(self.manifest.volume(t), self.fds) for t in self.recovery.targets}
         total = sum(s.end - s.start for s in stretches)
         done = 0
         seconds = 0.0
@@ -227,7 +260,7 @@ class _Rebuild:
                     out = erasure.rebuild(n, m, have, [v - 1 for v in sorted(stretch.bad)])
                     seconds += time.monotonic() - tick
                     for v in stretch.bad:
-                        writers[v].write_at(offset, out[v - 1])
+                        self.writers[v].write_at(offset, out[v - 1])
                     done += size
                     self.decoded += size * len(stretch.bad)
                     self.progress(ProgressEvent(task="repair: decode", done=done, total=total))
@@ -305,6 +338,8 @@ class _Rebuild:
         self.fds.clear()
         for staging in self.staging.values():
             shutil.rmtree(staging, ignore_errors=True)
+        if self.created_out:  # a failed repair leaves no OUT behind that it made
+            shutil.rmtree(self.options.out, ignore_errors=True)
 
 
 class _StreamWriter:
@@ -317,8 +352,18 @@ class _StreamWriter:
         self.fds = fds
 
     def write_at(self, offset: int, data: bytes) -> None:
+        for fd, at, piece in self._pieces(offset, data):
+            os.pwrite(fd, piece, at)
+
+    def xor_at(self, offset: int, data: bytes) -> None:
+        """XOR ``data`` into what the files hold there (a lost volume built up source by source)."""
+        for fd, at, piece in self._pieces(offset, data):
+            os.pwrite(fd, xor_bytes(os.pread(fd, len(piece), at), piece), at)
+
+    def _pieces(self, offset: int, data: bytes) -> Iterator[tuple[int, int, bytes]]:
+        """(file descriptor, offset in the file, bytes) for each file ``data`` at stream ``offset`` falls in."""
         end = offset + len(data)
         for start, entry in self.files:
             lo, hi = max(offset, start), min(end, start + entry.size)
             if lo < hi:
-                os.pwrite(self.fds[(self.number, entry.path)], data[lo - offset:hi - offset], lo - start)
+                yield self.fds[(self.number, entry.path)], lo - start, data[lo - offset:hi - offset]

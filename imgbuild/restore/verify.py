@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,8 @@ class VerifyOptions:
     chunk_size: int = CHUNK_SIZE
     # A catalog folder: when it holds the set's manifest copy, this check is recorded beside it (imgbuild/restore/checks.py).
     record_in: Path | None = None
+    # Called with (volume, file, offset, bytes) for every chunk read: repair builds lost volumes in the same read.
+    on_chunk: Callable[[int, str, int, bytes], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -144,7 +146,7 @@ def verify_located(located: LocatedSet, options: VerifyOptions = VerifyOptions()
             if item:
                 to_read.append(item)
     deep = _DeepCheck(manifest, located, options.refuse_devices) if options.deep else None
-    files, total = _hash_files(to_read, problems, deep, options.chunk_size, manifest.block_size, progress)
+    files, total = _hash_files(to_read, problems, deep, options, manifest.block_size, progress)
     if deep is not None:
         problems += deep.problems
     recovery = assess(manifest, located.volumes, problems) if problems else None
@@ -257,19 +259,23 @@ def _precheck(source: VolumeSource, number: int, relative: str,
     return None, Problem(ProblemKind.SIZE, shown, detail, number, relative)
 
 
-def _hash_files(to_read: list[_Expected], problems: list[Problem], deep: "_DeepCheck | None", chunk_size: int,
+def _hash_files(to_read: list[_Expected], problems: list[Problem], deep: _DeepCheck | None, options: VerifyOptions,
                 block_size: int | None, progress: ProgressCallback) -> tuple[int, int]:
     total = sum(item.size for item in to_read)
-    done = files = 0
+    done = files = offset = 0
     task = "verify"
-    with HashedReadAhead([item.file for item in to_read], chunk_size=chunk_size, block_size=block_size) as reader:
+    with HashedReadAhead([item.file for item in to_read], chunk_size=options.chunk_size, block_size=block_size) as reader:
         for event in reader:
             item = to_read[event.index]
             if isinstance(event, FileStart):
+                offset = 0
                 if deep:
                     deep.start(item)
             elif isinstance(event, FileChunk):
                 done += len(event.data)
+                if options.on_chunk is not None:
+                    options.on_chunk(item.volume, item.relative, offset, event.data)
+                offset += len(event.data)
                 if deep:
                     deep.feed(event.data)
                 progress(ProgressEvent(task=task, done=done, total=total))
