@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from imgbuild.foundation import hostconfig
 from imgbuild.archive.archive import ArchiveOptions, archive
-from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
-from imgbuild.engine.images import find_image
-from imgbuild.engine.connect import Engine, connect
-from imgbuild.recipe.model import Bootstrap
 from imgbuild.archive.storage_source import StorageUnavailable, open_store
+from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
+from imgbuild.engine.connect import Engine, connect
+from imgbuild.engine.images import find_image
+from imgbuild.foundation import hostconfig
+from imgbuild.recipe.model import Bootstrap
 
 TAG = "localhost/imgbuild-bench-archive:1"
 BASE_TAG = "localhost/imgbuild-bench-archive-base:1"

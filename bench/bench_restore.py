@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_archive import build_image, engine_cli  # noqa: E402  (shared image helpers)
 
 from imgbuild.archive.archive import ArchiveOptions, archive  # noqa: E402
-from imgbuild.engine.images import find_image  # noqa: E402
 from imgbuild.engine.connect import Engine, connect  # noqa: E402
+from imgbuild.engine.images import find_image  # noqa: E402
 from imgbuild.restore.load import load_set  # noqa: E402
 from imgbuild.restore.verify import verify_set  # noqa: E402
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import sys
 
+from imgbuild.build.bootstrap import make_rootfs
 from imgbuild.foundation import hostconfig
 from imgbuild.foundation.cachedir import default_cache_dir
-from imgbuild.build.bootstrap import make_rootfs
 from imgbuild.foundation.progress import ProgressEvent
 from imgbuild.recipe.model import Bootstrap
 

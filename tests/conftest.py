@@ -23,10 +23,10 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from imgbuild.foundation import hostconfig
 from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
 from imgbuild.engine.connect import Engine, connect
 from imgbuild.engine.image_ids import image_store
+from imgbuild.foundation import hostconfig
 from imgbuild.recipe.model import Bootstrap
 
 ENGINE_HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST",

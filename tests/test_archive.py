@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.setformat import layout
 from imgbuild.archive.archive import ArchiveOptions, archive
-from imgbuild.engine.connect import Engine
-from imgbuild.foundation.errors import DiskFull
-from imgbuild.setformat.manifest import parse_manifest
 from imgbuild.archive.save_stream import read_save_stream
-from imgbuild.restore.verify import VerifyOptions, verify_set
 from imgbuild.archive.volume_writer import VolumeWriter, file_cost
+from imgbuild.engine.connect import Engine
 from imgbuild.foundation.atomicfile import disk_errors
+from imgbuild.foundation.errors import DiskFull
+from imgbuild.restore.verify import VerifyOptions, verify_set
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import parse_manifest
 from tests.support.restore_sets import set_image_id
 
 MEDIA_SIZE = 25_000_000  # the bookworm base layer compresses to about 66 MB: at least 3 volumes

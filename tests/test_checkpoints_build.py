@@ -8,9 +8,9 @@ import os
 import tarfile
 from pathlib import Path
 
-from imgbuild.engine.images import find_image, image_labels
 from imgbuild.build.build import BuildOptions, build_recipe
 from imgbuild.checkpoints.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, lock_path_for
+from imgbuild.engine.images import find_image, image_labels
 from imgbuild.recipe.loader import load_recipe
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer

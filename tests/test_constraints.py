@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild.foundation import hostconfig
 from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
+from imgbuild.build.constraints import RECORD_PATH, load_constraints, parse
 from imgbuild.build.context import PIP_DIR, assemble, hash_tree, resolve_mirrors
 from imgbuild.cli import app as cli
-from imgbuild.build.constraints import RECORD_PATH, load_constraints, parse
+from imgbuild.foundation import hostconfig
 from imgbuild.foundation.errors import ConstraintsError
 from imgbuild.recipe.loader import load_recipe
 from imgbuild.recipe.model import Bootstrap

@@ -16,11 +16,11 @@ import pytest
 
 from imgbuild.build.context import place
 from imgbuild.checkpoints.download import DownloadOptions, blob_path, download_checkpoints, lock_checkpoints
-from imgbuild.foundation.errors import ChecksumMismatch, DownloadError, RecipeError
 from imgbuild.checkpoints.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, LockedFile, lock_path_for, read_lock
-from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.checkpoints.stage import CheckpointInputs, checkpoint_inputs
 from imgbuild.checkpoints.transfer import TransferOptions
+from imgbuild.foundation.errors import ChecksumMismatch, DownloadError, RecipeError
+from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import Fault, HubServer
 from tests.support.recipes import load, write_recipe

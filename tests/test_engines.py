@@ -8,8 +8,8 @@ import types
 
 import pytest
 
-from imgbuild.engine.images import find_image, image_labels, split_tag
 from imgbuild.engine.connect import Engine, _closing, connect, engine_kind, socket_candidates, untested_version_warning
+from imgbuild.engine.images import find_image, image_labels, split_tag
 from imgbuild.foundation.errors import EngineError, UsageError
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.setformat import layout
 from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.discs.iso import IsoVolume, is_iso, make_iso, volume_label
 from imgbuild.engine.connect import Engine
 from imgbuild.foundation.errors import ArchiveError
-from imgbuild.discs.iso import IsoVolume, is_iso, make_iso, volume_label
 from imgbuild.restore.load import load_set
 from imgbuild.restore.repair import RepairOptions, repair_set
 from imgbuild.restore.verify import verify_set
+from imgbuild.setformat import layout
 from tests.support.synthetic_set import import_random_image
 
 needs_xorriso = pytest.mark.skipif(shutil.which("xorriso") is None, reason="xorriso is not installed")

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from imgbuild.setformat import layout
 from imgbuild.foundation.errors import ArchiveError, ManifestError
+from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import dump_manifest, parse_manifest
 
 SET_ID = "0123456789abcdef"

@@ -12,10 +12,10 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild.setformat import layout
 from imgbuild.cli import app
-from imgbuild.setformat.manifest import dump_manifest
 from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import dump_manifest
 from tests.support.synthetic_set import make_set
 
 

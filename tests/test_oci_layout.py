@@ -13,9 +13,9 @@ import tarfile
 import pytest
 import zstandard
 
-from imgbuild.foundation.errors import ArchiveError
-from imgbuild.engine.image_ids import _seconds, config_fingerprint, inspect_fingerprint
 from imgbuild.archive.save_stream import SavedArchive, read_save_stream
+from imgbuild.engine.image_ids import _seconds, config_fingerprint, inspect_fingerprint
+from imgbuild.foundation.errors import ArchiveError
 
 
 def _layer_tar(name: str, data: bytes) -> bytes:

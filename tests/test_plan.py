@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from imgbuild.build.plan import FROM_HOST, FROM_RECIPE, UNSET, PlanOptions, plan_recipe
+from imgbuild.checkpoints.lockfile import Lock, LockedCheckpoint, LockedFile, entry_key, lock_path_for, write_lock
 from imgbuild.cli import app
 from imgbuild.foundation.errors import RecipeError
-from imgbuild.checkpoints.lockfile import Lock, LockedCheckpoint, LockedFile, entry_key, lock_path_for, write_lock
-from imgbuild.build.plan import FROM_HOST, FROM_RECIPE, UNSET, PlanOptions, plan_recipe
 from imgbuild.recipe.loader import load_recipe
 
 ENV = {"HF_ENDPOINT": ""}

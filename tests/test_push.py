@@ -17,14 +17,14 @@ import kubernetes_validate
 import pytest
 import requests
 
-from imgbuild.setformat import layout
 from imgbuild.archive.archive import ArchiveOptions, archive
 from imgbuild.engine.connect import Engine
-from imgbuild.foundation.errors import ChecksumMismatch
 from imgbuild.fleet.kube import KubeOptions, kube_manifests
-from imgbuild.setformat.manifest import parse_manifest
 from imgbuild.fleet.push import PushOptions, push_set
 from imgbuild.fleet.registry import Registry, RegistryError, RegistryRef
+from imgbuild.foundation.errors import ChecksumMismatch
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import parse_manifest
 from tests.support.registry import PASSWORD, USER, LocalRegistry, auth_file, start_registry
 from tests.support.restore_sets import web_image
 

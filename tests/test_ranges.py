@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild.checkpoints.fetch import fetch_file
 from imgbuild.checkpoints.lockfile import LockedFile
 from imgbuild.checkpoints.ranges import plan_ranges
 from imgbuild.checkpoints.transfer import TransferOptions
-from imgbuild.checkpoints.fetch import fetch_file
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import Fault, HubServer
 

@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.setformat import layout
 from imgbuild.archive.archive import ArchiveOptions, archive
-from imgbuild.setformat.blockhash import BLOCK_SIZE
 from imgbuild.engine.connect import Engine
 from imgbuild.foundation.errors import ArchiveError
-from imgbuild.restore.load import load_set
-from imgbuild.setformat.manifest import SetManifest, parse_manifest
 from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
+from imgbuild.restore.load import load_set
 from imgbuild.restore.repair import RepairOptions, repair_set
 from imgbuild.restore.verify import verify_set
+from imgbuild.setformat import layout
+from imgbuild.setformat.blockhash import BLOCK_SIZE
+from imgbuild.setformat.manifest import SetManifest, parse_manifest
 from imgbuild.setformat.volume_files import format_doc
 from tests.support.synthetic_set import import_random_image, make_set, write_metadata
 

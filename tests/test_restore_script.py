@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import zstandard
 
+from imgbuild.archive.volume_docs import SetFacts, readme, restore_script
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import SetManifest, dump_manifest, parse_manifest
-from imgbuild.archive.volume_docs import SetFacts, readme, restore_script
 from imgbuild.setformat.volume_files import docker_manifest
 from tests.support import synthetic_set
 from tests.test_hostile_set import rle_bomb

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import requests
 
-from imgbuild.engine.images import find_image
 from imgbuild.build.build import BuildOptions, build_recipe
+from imgbuild.engine.images import find_image
 from imgbuild.recipe.loader import load_recipe
 
 if os.environ.get("CI", "").lower() not in ("true", "1", "yes"):

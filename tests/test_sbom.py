@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.setformat import layout
 from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.build.sbom import COLLECT, cyclonedx_json, restricts_use, summarize
 from imgbuild.foundation.errors import ManifestError
 from imgbuild.restore.inspect import InspectOptions, inspect_target
-from imgbuild.setformat.manifest import dump_manifest, parse_manifest
-from imgbuild.build.sbom import COLLECT, cyclonedx_json, restricts_use, summarize
 from imgbuild.restore.verify import verify_set
+from imgbuild.setformat import layout
+from imgbuild.setformat.manifest import dump_manifest, parse_manifest
 from tests.test_manifest import _bytes, _h, valid_manifest
 
 IMAGE_ID = "sha256:" + "ab" * 32

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from imgbuild.engine.images import find_image
 from imgbuild.build.build import BuildOptions, build_recipe
+from imgbuild.engine.images import find_image
 from imgbuild.recipe.loader import load_recipe
 from tests.conftest import REPO_ROOT
 from tests.support.hub_repos import RepoStore

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.foundation import hostconfig
-from imgbuild.engine.images import find_image
+from imgbuild.archive.save_stream import read_save_stream
 from imgbuild.build.build import BuildOptions, build_recipe
 from imgbuild.engine.connect import connect
+from imgbuild.engine.images import find_image
+from imgbuild.foundation import hostconfig
 from imgbuild.recipe.loader import load_recipe
-from imgbuild.archive.save_stream import read_save_stream
 from tests.conftest import ENGINE_HOST_VARS, REPO_ROOT, UniqueTag, in_ci, remove_image
 from tests.test_build import get_json, leftover_stages
 

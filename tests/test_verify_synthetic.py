@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild.setformat import layout
 from imgbuild.cli import app
 from imgbuild.foundation.errors import ManifestError
 from imgbuild.restore.verify import verify_set
+from imgbuild.setformat import layout
 from tests.support import synthetic_set
 from tests.support.restore_sets import bad_paths, flip, rewrite_manifest
 

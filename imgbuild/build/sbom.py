@@ -21,10 +21,10 @@ from typing import Any
 import docker.errors
 import requests
 
-from imgbuild.foundation.atomicfile import write_atomic
 from imgbuild.engine.connect import Engine
-from imgbuild.foundation.errors import SbomError
+from imgbuild.foundation.atomicfile import write_atomic
 from imgbuild.foundation.cachedir import default_cache_dir
+from imgbuild.foundation.errors import SbomError
 
 SPEC = "CycloneDX 1.6"
 APP_DIR = "/opt/app"  # where the app layer puts its context, the checkpoints and the lock

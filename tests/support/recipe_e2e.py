@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 from imgbuild.archive.archive import ArchiveOptions, ArchiveResult, archive
-from imgbuild.engine.images import find_image
 from imgbuild.build.build import ImageResult
+from imgbuild.discs.locate import locate_set
+from imgbuild.engine.images import find_image
 from imgbuild.restore.load import LoadOptions
 from imgbuild.restore.run import RunOptions, RunResult, load_and_run
 from imgbuild.restore.verify import verify_set
-from imgbuild.discs.locate import locate_set
 from tests.conftest import Cleanup, remove_image
 
 

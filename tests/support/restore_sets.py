@@ -20,10 +20,10 @@ from typing import Any
 
 import docker.errors
 
-from imgbuild.setformat import layout
 from imgbuild.archive.archive import ArchiveOptions, ArchiveResult, archive
 from imgbuild.engine.connect import Engine, connect
 from imgbuild.engine.image_ids import image_store
+from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import Image, SetManifest, dump_manifest, parse_manifest
 
 HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
