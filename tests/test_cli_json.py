@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild.setformat import layout
 from imgbuild.cli import app
 from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
+from imgbuild.setformat import layout
 from tests.support import synthetic_set
 from tests.support.restore_sets import flip
 
@@ -38,6 +38,7 @@ CASES: dict[str, list[tuple[list[str], int, str | bool | None]]] = {
     "catalog": [(["--catalog", "{tmp}/none"], 1, "ArchiveError")],
     "push": [(["{tmp}/none", "--registry", "127.0.0.1:9"], 1, "ArchiveError")],
     "kube": [(["{tmp}/none", "--registry", "127.0.0.1:9"], 1, "ArchiveError")],
+    "example": [([], 0, True), (["demo", "{tmp}/example"], 0, True), (["none", "{tmp}/example"], 2, "UsageError")],
 }
 
 

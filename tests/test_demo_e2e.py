@@ -19,23 +19,22 @@ import pytest
 import requests
 
 from imgbuild.archive.archive import ArchiveOptions, archive
-from imgbuild.engine.images import find_image
 from imgbuild.build.build import BuildOptions, build_recipe, rootfs_tag
+from imgbuild.checkpoints.lockfile import lock_path_for
+from imgbuild.discs.locate import locate_set
+from imgbuild.engine.images import find_image
+from imgbuild.recipe.loader import load_recipe
 from imgbuild.restore.inspect import inspect_target
 from imgbuild.restore.load import LoadOptions
-from imgbuild.checkpoints.lockfile import lock_path_for
-from imgbuild.recipe.loader import load_recipe
 from imgbuild.restore.run import RunOptions, load_and_run, stop_and_remove
 from imgbuild.restore.verify import verify_set
-from imgbuild.discs.locate import locate_set
 from tests.conftest import remove_image
-from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer
 
 if os.environ.get("CI", "").lower() not in ("true", "1", "yes"):
     pytest.importorskip("imgbuild_runtime")  # scripts/setup.sh installs it; under CI its absence fails the run
     pytest.importorskip("pocketsphinx")
-from tests.support.demo_voice import VOICE, voice_files  # noqa: E402
+from tests.support.demo_voice import VOICE, voice_store  # noqa: E402
 from tests.support.speech_check import check_speech  # noqa: E402
 from tests.test_runtime_image import check_wav  # noqa: E402
 
@@ -57,17 +56,6 @@ def demo_recipe(folder: Path, unique_tag) -> Path:
     path = folder / "demo.yaml"
     path.write_text(text)
     return path
-
-
-def voice_store(include: str) -> RepoStore:
-    """rhasspy/piper-voices holding the real joe voice in the folder the recipe's include pattern names."""
-    folder, _, pattern = include.rpartition("/")
-    assert pattern == "*" and folder, f"the demo's include {include!r} is not FOLDER/*: update this test"
-    store = RepoStore(lfs_threshold=64 * 1024)  # the .onnx.json as a git file, the .onnx through the "CDN"
-    for name, path in voice_files().items():
-        store.add_file("rhasspy/piper-voices", f"{folder}/{name}", source=path)
-    store.add_file("rhasspy/piper-voices", "en/en_GB/other/low/other.onnx", b"not included")
-    return store
 
 
 def test_demo_end_to_end(engine, cleanup, unique_tag, tmp_path: Path, monkeypatch) -> None:

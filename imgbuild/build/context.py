@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from imgbuild.foundation import hostconfig
+from imgbuild.foundation import hostconfig, shipped
 from imgbuild.recipe.loader import LoadedRecipe
 
 CA_DIR = "imgbuild/ca"
@@ -35,7 +35,6 @@ WHEELS_DIR = "imgbuild/wheels"
 PIP_DIR = "imgbuild/pip"  # constraints.txt of `imgbuild build --constraints` (imgbuild.build.constraints)
 APP_DIR = "app"
 WHEELS_IN_IMAGE = "/opt/imgbuild/wheels"  # where a build (stage) sees imgbuild/wheels/; PIP_FIND_LINKS names it
-PROJECT_CONTAINERFILES = Path(__file__).resolve().parents[2] / "Containerfiles"
 
 
 @dataclass(frozen=True)
@@ -120,7 +119,7 @@ def containerfile_for(loaded: LoadedRecipe, role: str) -> Path:
     assert layer is not None
     if layer.containerfile:
         return loaded.resolve(layer.containerfile)
-    return PROJECT_CONTAINERFILES / ("python-base.Containerfile" if role == "base" else "app.Containerfile")
+    return shipped.default_containerfile(role)
 
 
 def place(src: Path, dest: Path) -> None:

@@ -11,7 +11,7 @@ import importlib
 
 from imgbuild.cli.common import app
 
-COMMAND_MODULES = ["cmd_recipe", "cmd_download", "cmd_plan", "cmd_archive", "cmd_restore", "cmd_repair", "cmd_inspect", "cmd_catalog", "cmd_push"]
+COMMAND_MODULES = ["cmd_recipe", "cmd_download", "cmd_plan", "cmd_archive", "cmd_restore", "cmd_repair", "cmd_inspect", "cmd_catalog", "cmd_push", "cmd_example"]
 
 
 def _register() -> None:

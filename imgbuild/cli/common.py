@@ -128,6 +128,7 @@ REMEDY_HINTS = {
     Remedy.ASK_FOR_VOLUMES: "--prompt asks for each disc when it is needed",
     Remedy.OTHER_OUT: "choose another --out",
     Remedy.GIVE_CATALOG: "`imgbuild archive --catalog DIR` writes one; give it with --catalog DIR",
+    Remedy.OVERWRITE: "--force overwrites them",
 }
 
 

@@ -20,6 +20,7 @@ class Remedy(StrEnum):
     ASK_FOR_VOLUMES = "ask-for-volumes"  # volumes needed are not among the folders given
     OTHER_OUT = "other-out"  # the output folder holds an earlier result
     GIVE_CATALOG = "give-catalog"  # no catalog folder where one was looked for
+    OVERWRITE = "overwrite"  # files to write are there with other contents (an example written before)
 
 
 class ImgbuildError(Exception):
@@ -68,6 +69,14 @@ class RecipeError(ImgbuildError):
         self.column = column
         self.key = key
         self.reason = message
+
+
+class ExampleError(ImgbuildError):
+    """An example recipe could not be written (`imgbuild example`): names the file in the way."""
+
+    def __init__(self, message: str, *, path: str, hint: str | None = None, remedy: Remedy | None = None) -> None:
+        super().__init__(message, hint=hint, remedy=remedy)
+        self.path = path
 
 
 class EngineError(ImgbuildError):

