@@ -104,12 +104,13 @@ def repair_located(located: LocatedSet, options: RepairOptions,
     # folders are removed, so nothing half-written stays under a volume's name.
     try:
         lost = _lost_before(manifest, located)
+        streams = None
         if lost:  # built up while verify reads the other volumes (imgbuild/parity/accumulate.py)
             with disk_errors(options.out):
-                rebuild.stage(lost, {})
+                rebuild.stage(lost, ())
             streams = LostStreams(manifest, lost, rebuild.xor_at)
         report = verify_located(located, VerifyOptions(catalog=options.catalog, set_id=options.set_id,
-                                                       on_chunk=streams.feed if lost else None), progress)
+                                                       on_chunk=streams.feed if streams else None), progress)
         recovery = report.recovery or assess(manifest, located.volumes, ())
         if not recovery.targets:
             return RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0, verified=report,
@@ -120,7 +121,7 @@ def repair_located(located: LocatedSet, options: RepairOptions,
         with disk_errors(options.out):
             rebuild.stage([t for t in recovery.targets if t not in lost], recovery.damaged)
             decode_seconds = rebuild.decode(recovery.stretches, set(lost))
-            decode_seconds += streams.seconds if lost else 0.0
+            decode_seconds += streams.seconds if streams else 0.0
             finals = rebuild.finish(located.manifest_bytes)
     except BaseException:
         rebuild.discard()
