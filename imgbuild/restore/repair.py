@@ -23,6 +23,7 @@ on the others, not of the whole set.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -105,12 +106,14 @@ def repair_located(located: LocatedSet, options: RepairOptions,
     try:
         lost = _lost_before(manifest, located)
         streams = None
+        verify_progress = progress
         if lost:  # built up while verify reads the other volumes (imgbuild/parity/accumulate.py)
             with disk_errors(options.out):
                 rebuild.stage(lost, ())
             streams = LostStreams(manifest, lost, rebuild.xor_at)
+            verify_progress = _renamed(progress, "verify", "repair: verify and rebuild")
         report = verify_located(located, VerifyOptions(catalog=options.catalog, set_id=options.set_id,
-                                                       on_chunk=streams.feed if streams else None), progress)
+                                                       on_chunk=streams.feed if streams else None), verify_progress)
         recovery = report.recovery or assess(manifest, located.volumes, ())
         if not recovery.targets:
             return RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0, verified=report,
@@ -139,6 +142,11 @@ def repair_located(located: LocatedSet, options: RepairOptions,
     return RepairResult(manifest.set_id, manifest.name, recovery, tuple(finals), isos, rebuild.decoded,
                         rebuild.copied, time.monotonic() - started, decode_seconds, check, report,
                         tuple(located.bytes_read().items()))
+
+
+def _renamed(progress: ProgressCallback, task: str, shown: str) -> ProgressCallback:
+    """``progress`` with the events of ``task`` shown as ``shown``."""
+    return lambda event: progress(dataclasses.replace(event, task=shown) if event.task == task else event)
 
 
 def _lost_before(manifest: SetManifest, located: LocatedSet) -> list[int]:
