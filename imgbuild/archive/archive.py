@@ -32,7 +32,7 @@ from imgbuild.discs.iso import make_volume_isos
 from imgbuild.engine.connect import Engine
 from imgbuild.engine.image_ids import describe
 from imgbuild.foundation.atomicfile import write_file_atomic
-from imgbuild.foundation.errors import ArchiveError, ImgbuildError, SbomError, UsageError
+from imgbuild.foundation.errors import ArchiveError, ImgbuildError, OptionError, Remedy, SbomError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.parity.volumes import ParityOptions, add_parity_volumes
 from imgbuild.setformat import layout
@@ -122,12 +122,12 @@ def archive(engine: Engine, sources: list[str], options: ArchiveOptions,
     try:
         profile, capacity = layout.media_capacity(options.media, options.media_size)
     except KeyError:
-        raise UsageError(f"unknown media {options.media!r}; choose one of {', '.join(layout.MEDIA_PROFILES)} "
-                         "or give --media-size BYTES") from None
+        raise OptionError("media", f"{options.media!r} is not known; choose one of "
+                          f"{', '.join(layout.MEDIA_PROFILES)}", remedy=Remedy.GIVE_MEDIA_SIZE) from None
     if not -7 <= options.level <= 22:
-        raise UsageError(f"--level {options.level} is outside zstd's -7..22")
+        raise OptionError("level", f"{options.level} is outside zstd's -7..22")
     if options.source not in LAYER_SOURCES:
-        raise UsageError(f"--source {options.source!r}: choose one of {', '.join(LAYER_SOURCES)}")
+        raise OptionError("source", f"{options.source!r}: choose one of {', '.join(LAYER_SOURCES)}")
     resolved = resolve_sources(engine, sources)
     set_id = set_id_for(resolved, capacity, options)
     out = options.out

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from imgbuild.foundation.atomicfile import write_atomic
-from imgbuild.foundation.errors import DownloadError
+from imgbuild.foundation.errors import DownloadError, Remedy
 from imgbuild.recipe.model import HubCheckpoint, LocalCheckpoint
 
 LOCK_VERSION = 1
@@ -123,7 +123,7 @@ class Lock:
     def from_json(cls, data: dict[str, Any]) -> "Lock":
         if data.get("version") != LOCK_VERSION:
             raise DownloadError(f"unsupported lock file version {data.get('version')!r}",
-                                hint="refresh it with `imgbuild download --update`")
+                                remedy=Remedy.RELOCK)
         return cls(tuple(LockedCheckpoint.from_json(c) for c in data.get("checkpoints", [])))
 
 
@@ -137,7 +137,7 @@ def read_lock(path: Path) -> Lock | None:
         return Lock.from_json(json.loads(text))
     except (ValueError, KeyError, TypeError) as exc:
         raise DownloadError(f"{path}: unreadable lock file: {exc}",
-                            hint="refresh it with `imgbuild download --update`") from exc
+                            remedy=Remedy.RELOCK) from exc
 
 
 def write_lock(path: Path, lock: Lock) -> str:

@@ -22,10 +22,10 @@ from imgbuild.checkpoints.download import (
     local_files,
 )
 from imgbuild.checkpoints.lockfile import CHECKPOINTS_LOCK_NAME, LOCK_LABEL, Lock, LockedFile, read_lock
-from imgbuild.foundation.errors import ChecksumMismatch, DownloadError
+from imgbuild.foundation.errors import ChecksumMismatch, DownloadError, Remedy
 from imgbuild.foundation.progress import ProgressCallback, no_progress
 
-RELOCK = "the local checkpoint changed since it was locked; `imgbuild download --update RECIPE` locks it again"
+CHANGED = "the local checkpoint changed since it was locked"
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,8 @@ def checkpoint_files(loaded: Any, lock: Lock, options: DownloadOptions = Downloa
             else:
                 source = local.get(file.path)
                 if source is None:
-                    raise DownloadError(f"{checkpoint.key['path']}/{file.path} is locked but missing", hint=RELOCK)
+                    raise DownloadError(f"{checkpoint.key['path']}/{file.path} is locked but missing", hint=CHANGED,
+                                        remedy=Remedy.RELOCK)
                 _verify_local(source, file, progress, f"verify {name}")
             pairs.append((source, name))
     return pairs
@@ -92,5 +93,5 @@ def _verify_local(source: Path, file: LockedFile, progress: ProgressCallback, ta
     actual = hash_file(source, algorithm, progress, task)
     if actual != expected:
         error = ChecksumMismatch(str(source), expected, actual, what=algorithm)
-        error.hint = RELOCK
+        error.hint, error.remedy = CHANGED, Remedy.RELOCK
         raise error

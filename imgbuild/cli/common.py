@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover
     from click.exceptions import ClickException
 
 from imgbuild import __version__
-from imgbuild.foundation.errors import BuildFailed, ImgbuildError, Remedy
+from imgbuild.foundation.errors import BuildFailed, ImgbuildError, OptionError, Remedy
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent
 
 
@@ -129,7 +129,23 @@ REMEDY_HINTS = {
     Remedy.OTHER_OUT: "choose another --out",
     Remedy.GIVE_CATALOG: "`imgbuild archive --catalog DIR` writes one; give it with --catalog DIR",
     Remedy.OVERWRITE: "--force overwrites them",
+    Remedy.GIVE_ENGINE_HOST: "or name its socket with --host",
+    Remedy.GIVE_MEDIA_SIZE: "or give --media-size BYTES",
+    Remedy.NAME_TAG: "name it with --tag NAME:TAG",
+    Remedy.PUSH_FIRST: "push the set first: imgbuild push DIR --registry REGISTRY",
+    Remedy.GIVE_CA_FILE: "give the registry's CA with --ca-file",
+    Remedy.RELOCK: "`imgbuild download --update RECIPE` locks it again",
 }
+# The flag of each options field an OptionError names.
+OPTION_FLAGS = {"engine": "--engine", "media": "--media", "level": "--level", "source": "--source", "tags": "--tag",
+                "layer_format": "--layer-format", "replicas": "--replicas"}
+
+
+def message_of(exc: ImgbuildError) -> str:
+    """The error's message; an options value is named by its flag."""
+    if isinstance(exc, OptionError):
+        return f"{OPTION_FLAGS.get(exc.option, exc.option)} {exc.reason}"
+    return str(exc)
 
 
 def hint_of(exc: ImgbuildError) -> str | None:
@@ -147,7 +163,7 @@ def report_error(exc: BaseException) -> None:
         for line in exc.log_tail:
             stderr.print(escape(line), highlight=False)
     if isinstance(exc, ImgbuildError):
-        stderr.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
+        stderr.print(f"[bold red]error:[/bold red] {escape(message_of(exc))}", highlight=False)
         hint = hint_of(exc)
         if hint:
             stderr.print(f"[yellow]hint:[/yellow] {escape(hint)}", highlight=False)
@@ -179,7 +195,7 @@ def _error_json(exc: BaseException, kwargs: dict[str, Any]) -> None:
     error = {"type": type(exc).__name__, **context, "message": str(exc),
              "exit_code": getattr(exc, "exit_code", 1)}
     if isinstance(exc, ImgbuildError):
-        error["hint"] = hint_of(exc)
+        error.update(message=message_of(exc), hint=hint_of(exc))
     sys.stdout.write(json.dumps({"ok": False, "error": error}, indent=2) + "\n")
     sys.stdout.flush()
 

@@ -22,7 +22,7 @@ import docker
 import docker.errors
 import docker.utils
 
-from imgbuild.foundation.errors import EngineError, UsageError
+from imgbuild.foundation.errors import EngineError, OptionError, Remedy
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 
 EngineKind = Literal["docker", "podman"]
@@ -119,13 +119,13 @@ def connect(engine: str = "auto", host: str | None = None, *,
             progress: ProgressCallback = no_progress, timeout: int = DEFAULT_TIMEOUT) -> Iterator[Engine]:
     """Yield a connected Engine; a private Podman service started here is stopped on exit."""
     if engine not in ENGINE_CHOICES:
-        raise UsageError(f"--engine must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
+        raise OptionError("engine", f"must be one of {', '.join(ENGINE_CHOICES)}, not {engine!r}")
     tried: list[str] = []
 
     if host:
         found = _open(host, timeout)
         if not _matches(engine, found):
-            raise EngineError(f"{host} is {found.kind} {found.version}, but --engine {engine} was asked for")
+            raise EngineError(f"{host} is {found.kind} {found.version}, but {engine} was asked for")
         with _closing(found, progress):
             yield found
         return
@@ -154,7 +154,7 @@ def connect(engine: str = "auto", host: str | None = None, *,
         tried.append("podman: not installed, cannot start a private service")
     raise EngineError(
         "no container engine found; tried:\n  " + "\n  ".join(tried),
-        hint="start one (scripts/engines.sh start), set DOCKER_HOST, or pass --host",
+        hint="start one (scripts/engines.sh start) or set DOCKER_HOST", remedy=Remedy.GIVE_ENGINE_HOST,
     )
 
 

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from imgbuild.discs.locate import LocatedSet, locate_set
 from imgbuild.fleet.push import targets
 from imgbuild.fleet.registry import Registry, RegistryRef
-from imgbuild.foundation.errors import LoadError, UsageError
+from imgbuild.foundation.errors import LoadError, OptionError, Remedy
 from imgbuild.recipe.model import Serve
 from imgbuild.restore.load import read_config
 from imgbuild.restore.run import SERVE_LABEL, pick_image, recipe_serve
@@ -66,7 +66,7 @@ class KubeResult:
 
 def kube_manifests(dirs: Sequence[Path], options: KubeOptions) -> KubeResult:
     if options.replicas < 0:
-        raise UsageError("--replicas must be 0 or more")
+        raise OptionError("replicas", "must be 0 or more")
     located = locate_set(dirs, options.catalog, options.set_id)
     image = pick_image(located.manifest, options.image)
     ref = RegistryRef.parse(options.registry)
@@ -75,7 +75,7 @@ def kube_manifests(dirs: Sequence[Path], options: KubeOptions) -> KubeResult:
     digest = registry.manifest_digest(repository, tag)
     if digest is None:
         raise LoadError(f"{ref.host}/{repository}:{tag} is not in the registry",
-                        hint=f"push the set first: imgbuild push DIR --registry {options.registry}")
+                        remedy=Remedy.PUSH_FIRST)
     serve = _serve_of(located, image)
     name = options.name or _dns_label(repository.rsplit("/", 1)[-1])
     reference = f"{ref.host}/{repository}@{digest}"

@@ -35,7 +35,7 @@ from imgbuild.discs.sources import VolumeFile
 from imgbuild.fleet.registry import OCI_MANIFEST, Registry, RegistryRef
 from imgbuild.foundation.atomicfile import write_atomic
 from imgbuild.foundation.cachedir import default_cache_dir
-from imgbuild.foundation.errors import ChecksumMismatch, LoadError, UsageError
+from imgbuild.foundation.errors import ChecksumMismatch, LoadError, OptionError, Remedy, UsageError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.restore.load import read_config, select_images
 from imgbuild.setformat.manifest import Image, Layer
@@ -108,12 +108,12 @@ def repository_and_tag(ref: str) -> tuple[str, str]:
 def targets(images: Sequence[Image], registry: RegistryRef, tags: Sequence[str]) -> list[list[tuple[str, str]]]:
     """Per image, the (repository, tag) pairs it is pushed as."""
     if tags and len(tags) != len(images):
-        raise UsageError(f"--tag was given {len(tags)} times for {len(images)} images; give one per image, in order")
+        raise OptionError("tags", f"{len(tags)} given for {len(images)} images; give one per image, in order")
     found = []
     for number, image in enumerate(images):
         names = [tags[number]] if tags else [t for t in image.tags if "@" not in t]
         if not names:
-            raise UsageError(f"image {image.number} ({image.id}) has no tag; name it with --tag NAME:TAG")
+            raise UsageError(f"image {image.number} ({image.id}) has no tag", remedy=Remedy.NAME_TAG)
         found.append([(registry.repository(name), tag) for name, tag in map(repository_and_tag, names)])
     return found
 
@@ -121,7 +121,7 @@ def targets(images: Sequence[Image], registry: RegistryRef, tags: Sequence[str])
 def push_set(dirs: Sequence[Path], options: PushOptions, progress: ProgressCallback = no_progress) -> PushResult:
     started = time.monotonic()
     if options.layer_format not in LAYER_TYPES:
-        raise UsageError(f"--layer-format {options.layer_format!r}: choose zstd or gzip")
+        raise OptionError("layer_format", f"{options.layer_format!r}: choose zstd or gzip")
     located = locate_set(dirs, options.catalog, options.set_id)
     manifest = located.manifest
     chosen = select_images(manifest, options.images)

@@ -22,7 +22,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from imgbuild.foundation.errors import ImgbuildError
+from imgbuild.foundation.errors import ImgbuildError, Remedy
 
 UPLOAD_CHUNK = 16 * 1024 * 1024
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -33,8 +33,9 @@ _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 class RegistryError(ImgbuildError):
     """A registry refused a request: names what was asked (``what``) and the HTTP status."""
 
-    def __init__(self, message: str, *, what: str, status: int | None = None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
+    def __init__(self, message: str, *, what: str, status: int | None = None, hint: str | None = None,
+                 remedy: Remedy | None = None) -> None:
+        super().__init__(message, hint=hint, remedy=remedy)
         self.what = what
         self.status = status
 
@@ -116,7 +117,7 @@ class Registry:
                 response = self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
             except requests.exceptions.SSLError as exc:
                 raise RegistryError(f"{self.ref.host}: TLS verification failed: {exc}", what=what,
-                                    hint="give the registry's CA with --ca-file") from exc
+                                    remedy=Remedy.GIVE_CA_FILE) from exc
             except requests.RequestException as exc:
                 raise RegistryError(f"{self.ref.host}: {what}: {exc}", what=what) from exc
             if response.status_code != 401 or attempt:

@@ -20,6 +20,12 @@ class Remedy(StrEnum):
     ASK_FOR_VOLUMES = "ask-for-volumes"  # volumes needed are not among the folders given
     OTHER_OUT = "other-out"  # the output folder holds an earlier result
     GIVE_CATALOG = "give-catalog"  # no catalog folder where one was looked for
+    GIVE_ENGINE_HOST = "give-engine-host"  # no engine found where one is looked for
+    GIVE_MEDIA_SIZE = "give-media-size"  # a media profile not known: a size will do
+    NAME_TAG = "name-tag"  # an image to push has no tag
+    PUSH_FIRST = "push-first"  # the registry does not have the set's image yet
+    GIVE_CA_FILE = "give-ca-file"  # the registry's certificate is not trusted here
+    RELOCK = "relock"  # the checkpoints lock no longer says what is on disk
     OVERWRITE = "overwrite"  # files to write are there with other contents (an example written before)
 
 
@@ -42,6 +48,15 @@ class UsageError(ImgbuildError):
     """Wrong flags or arguments, found after parsing (exit code 2)."""
 
     exit_code = 2
+
+
+class OptionError(UsageError):
+    """An options value the core cannot use: ``option`` is the options field (the CLI names its flag)."""
+
+    def __init__(self, option: str, reason: str, *, remedy: Remedy | None = None) -> None:
+        super().__init__(f"{option}: {reason}", remedy=remedy)
+        self.option = option
+        self.reason = reason
 
 
 class RecipeError(ImgbuildError):
