@@ -107,7 +107,7 @@ def test_connect_reports_kind_and_version(engine) -> None:
     with connect(engine.kind, engine.host) as again:
         assert again.kind == engine.kind
     other = "docker" if engine.kind == "podman" else "podman"
-    with pytest.raises(EngineError, match=f"--engine {other}"):
+    with pytest.raises(EngineError, match=f"but {other} was asked for"):
         with connect(other, engine.host):
             pass
 
