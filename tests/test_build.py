@@ -13,10 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from imgbuild.engine.images import find_image, image_labels
 from imgbuild.build.build import BuildOptions, build_recipe
-from imgbuild.build.context import (APP_DIR, CA_DIR, assemble, base_build_args, extract, hash_tree,
-                                   resolve_mirrors, safe_member, with_registry)
+from imgbuild.build.context import (
+    APP_DIR,
+    CA_DIR,
+    assemble,
+    base_build_args,
+    extract,
+    hash_tree,
+    resolve_mirrors,
+    safe_member,
+    with_registry,
+)
+from imgbuild.engine.images import find_image, image_labels
 from imgbuild.foundation.errors import BuildFailed
 from imgbuild.recipe.loader import load_recipe
 
@@ -82,18 +91,18 @@ def test_context_layout_args_and_hash(tmp_path: Path) -> None:
     (tmp_path / "wheels" / "w-1-py3-none-any.whl").write_bytes(b"wheel")
     make_zip(tmp_path / "src.zip", {"top/main.py": b"print(1)"})
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"""\
+    recipe.write_text("""\
 apiVersion: imgbuild/v1
 kind: Recipe
-metadata: {{name: t}}
+metadata: {name: t}
 mirrors:
   apt: http://127.0.0.1:9/debian
-  pip: {{index_url: "http://127.0.0.1:8/simple", find_links: [wheels, "http://127.0.0.1:7/links"]}}
+  pip: {index_url: "http://127.0.0.1:8/simple", find_links: [wheels, "http://127.0.0.1:7/links"]}
   ca_certificates: [ca.pem]
-base: {{tag: "localhost/t:1", bootstrap: {{}}, packages: [curl, git], pip: ["numpy<3"]}}
+base: {tag: "localhost/t:1", bootstrap: {}, packages: [curl, git], pip: ["numpy<3"]}
 app:
   tag: localhost/t-app:1
-  context: [{{src: src.zip, dest: code, extract: true, strip_components: 1}}]
+  context: [{src: src.zip, dest: code, extract: true, strip_components: 1}]
 """)
     loaded = load_recipe(recipe, env={})
     mirrors = resolve_mirrors(loaded, host_defaults=False)

@@ -30,15 +30,14 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from imgbuild.engine.images import find_image
 from imgbuild.cli import app as cli
+from imgbuild.engine.images import find_image
 from tests.conftest import REPO_ROOT, Cleanup, remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer
 from tests.support.refvoices import VOICES, make_ref_data
 from tests.support.standins.fish12 import DECODER_SAMPLE_RATE, REPO
-from tests.support.torchvenv import (fixture_zip, make_standin, podman_cleanup,  # noqa: F401
-                                     torch_python, tts_base_env)
+from tests.support.torchvenv import fixture_zip, make_standin, podman_cleanup, torch_python, tts_base_env  # noqa: F401
 from tests.test_torch_base import host_torch_wheels
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]

@@ -28,19 +28,18 @@ import pytest
 import requests
 
 from imgbuild.archive.archive import ArchiveOptions, archive
-from imgbuild.engine.images import find_image
-from imgbuild.engine.connect import Engine
 from imgbuild.build.build import BuildOptions, build_recipe
-from imgbuild.restore.load import LoadOptions
+from imgbuild.discs.locate import locate_set
+from imgbuild.engine.connect import Engine
+from imgbuild.engine.images import find_image
 from imgbuild.recipe.loader import load_recipe
+from imgbuild.restore.load import LoadOptions
 from imgbuild.restore.run import RunOptions, load_and_run
 from imgbuild.restore.verify import verify_set
-from imgbuild.discs.locate import locate_set
 from tests.conftest import REPO_ROOT, Cleanup, remove_image
 from tests.support.hub_repos import RepoStore
 from tests.support.hub_server import HubServer
-from tests.support.torchvenv import (PRELUDE, fixture_zip, make_standin, podman_cleanup,  # noqa: F401
-                                     torch_python, tts_base_env)
+from tests.support.torchvenv import PRELUDE, fixture_zip, make_standin, podman_cleanup, torch_python, tts_base_env  # noqa: F401
 from tests.test_torch_base import host_torch_wheels
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine, pytest.mark.extended]

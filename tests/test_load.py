@@ -18,13 +18,23 @@ from typing import Any
 
 import pytest
 
-from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.engine.connect import Engine
 from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, LoadError, ManifestError
+from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.restore.load import LoadOptions, VolumeRequest, load_set
 from imgbuild.setformat.manifest import Image, SetManifest
-from tests.support.restore_sets import (copy_set, flip, image_exists, manifest_of, other_engine, parts_of,
-                                        random_set, remove_images, rewrite_manifest, set_image_id)
+from tests.support.restore_sets import (
+    copy_set,
+    flip,
+    image_exists,
+    manifest_of,
+    other_engine,
+    parts_of,
+    random_set,
+    remove_images,
+    rewrite_manifest,
+    set_image_id,
+)
 
 # ---------------------------------------------------------------- the tar stream (no engine)
 

@@ -17,13 +17,29 @@ import requests
 
 from imgbuild.engine.connect import Engine
 from imgbuild.foundation.errors import LoadError, UsageError
-from imgbuild.restore.load import LoadOptions, load_set
-from imgbuild.setformat.manifest import RecipeInfo, SetManifest, TextFile
 from imgbuild.recipe.model import HealthCheck, Serve
-from imgbuild.restore.run import RUN_LABEL, RunOptions, load_and_run, pick_image, serve_spec, start_service, stop_and_remove
+from imgbuild.restore.load import LoadOptions, load_set
+from imgbuild.restore.run import (
+    RUN_LABEL,
+    RunOptions,
+    load_and_run,
+    pick_image,
+    serve_spec,
+    start_service,
+    stop_and_remove,
+)
 from imgbuild.restore.verify import verify_set
-from tests.support.restore_sets import (SERVE, make_set, manifest_of, other_engine, set_image_id,
-                                        remove_images, unique_prefix, web_image)
+from imgbuild.setformat.manifest import RecipeInfo, SetManifest, TextFile
+from tests.support.restore_sets import (
+    SERVE,
+    make_set,
+    manifest_of,
+    other_engine,
+    remove_images,
+    set_image_id,
+    unique_prefix,
+    web_image,
+)
 
 MEDIA_SIZE = 25_000_000  # the bookworm layer compresses to about 66 MB: at least 3 volumes
 

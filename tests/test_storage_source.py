@@ -21,11 +21,18 @@ import pytest
 
 from imgbuild.archive import archive as archive_module
 from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.archive.storage_source import (
+    LayerStore,
+    LayerUnreadable,
+    StorageUnavailable,
+    StoredImage,
+    layer_chunks,
+    open_store,
+    read_tar_split,
+)
 from imgbuild.engine.connect import Engine
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import parse_manifest
-from imgbuild.archive.storage_source import (LayerStore, LayerUnreadable, StorageUnavailable, StoredImage, layer_chunks,
-                                     open_store, read_tar_split)
 
 pytestmark = pytest.mark.engine
 

@@ -18,14 +18,22 @@ import jsonschema
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild.setformat import layout
 from imgbuild.cli import app
 from imgbuild.engine.connect import connect
 from imgbuild.restore.verify import VerifyOptions, verify_set
+from imgbuild.setformat import layout
 from imgbuild.setformat.volume_files import format_doc
 from tests.conftest import in_ci
-from tests.support.restore_sets import (HOST_VARS, bad_paths, copy_set, flip, manifest_of, parts_of, random_set,
-                                        rewrite_manifest)
+from tests.support.restore_sets import (
+    HOST_VARS,
+    bad_paths,
+    copy_set,
+    flip,
+    manifest_of,
+    parts_of,
+    random_set,
+    rewrite_manifest,
+)
 
 # The set is written by archive from real images, so every test here needs an engine (the same checks on a
 # synthetic set, without one: tests/test_verify_synthetic.py).

@@ -22,17 +22,24 @@ import docker.errors
 
 from imgbuild import __version__
 from imgbuild.build.bootstrap import BootstrapOptions, bootstrap_image
-from imgbuild.foundation.cachedir import default_cache_dir
-from imgbuild.engine.images import find_image, image_labels, split_tag
-from imgbuild.build.context import (EffectiveMirrors, app_build_args, assemble, base_build_args, hash_tree,
-                                   resolve_mirrors, with_registry)
 from imgbuild.build.constraints import load_constraints
+from imgbuild.build.context import (
+    EffectiveMirrors,
+    app_build_args,
+    assemble,
+    base_build_args,
+    hash_tree,
+    resolve_mirrors,
+    with_registry,
+)
+from imgbuild.build.sbom import image_sbom, sidecar_path
+from imgbuild.checkpoints.stage import checkpoint_inputs
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.images import find_image, image_labels, split_tag
+from imgbuild.foundation.cachedir import default_cache_dir
 from imgbuild.foundation.errors import BuildFailed, EngineError, SbomError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe.loader import LoadedRecipe
-from imgbuild.checkpoints.stage import checkpoint_inputs
-from imgbuild.build.sbom import image_sbom, sidecar_path
 
 LABEL = "org.imgbuild."
 LOG_TAIL_LINES = 40

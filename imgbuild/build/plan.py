@@ -18,12 +18,21 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from imgbuild.build.build import rootfs_tag
-from imgbuild.build.context import (APP_DIR, CA_DIR, WHEELS_DIR, EffectiveMirrors, app_build_args, base_build_args,
-                                   containerfile_for, resolve_mirrors, with_registry)
+from imgbuild.build.context import (
+    APP_DIR,
+    CA_DIR,
+    WHEELS_DIR,
+    EffectiveMirrors,
+    app_build_args,
+    base_build_args,
+    containerfile_for,
+    resolve_mirrors,
+    with_registry,
+)
 from imgbuild.checkpoints.download import local_files
-from imgbuild.foundation.errors import DownloadError
 from imgbuild.checkpoints.hub import choose_endpoint
 from imgbuild.checkpoints.lockfile import Lock, entry_key, lock_path_for, read_lock
+from imgbuild.foundation.errors import DownloadError
 from imgbuild.recipe.loader import LoadedRecipe, load_recipe
 from imgbuild.recipe.model import HubCheckpoint
 
