@@ -7,10 +7,11 @@ one run, alternating:
 
   read   cat of every file of the set's volumes to /dev/null (the drive's own time: the floor)
   load   imgbuild load of the set into the engine (zstd and the engine's import overlapped with reading)
+  whole  with --whole: imgbuild load --whole-archive (one upload, which the engine imports after its last byte)
 
 Goal: load wall time <= 1.05 x read. Needs root (loop devices, mount, cgroups, drop_caches).
 
-    python bench/bench_drive.py [--engine podman|docker] [--rate-mb 35] [--rounds 2]
+    python bench/bench_drive.py [--engine podman|docker] [--rate-mb 35] [--rounds 2] [--whole]
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_archive  # noqa: E402  (the image builder of the archive benchmark)
+
 from imgbuild.archive.archive import ArchiveOptions, archive  # noqa: E402
 from imgbuild.engine.connect import connect  # noqa: E402
 
@@ -56,12 +58,13 @@ def main() -> None:
     parser.add_argument("--weights-mb", type=int, default=704)
     parser.add_argument("--rate-mb", type=float, default=35.0, help="read rate of the drive, MB/s")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--whole", action="store_true", help="also time load --whole-archive")
     args = parser.parse_args()
     if os.geteuid() != 0 or not (CGROUP.parent / "blkio.throttle.read_bps_device").exists():
         sys.exit("needs root and the cgroup v1 blkio controller at /sys/fs/cgroup/blkio")
     host = args.host or os.environ.get(f"IMGBUILD_TEST_{args.engine.upper()}_HOST")
     imgbuild = str(Path(sys.executable).with_name("imgbuild"))
-    times: dict[str, list[float]] = {"read": [], "load": []}
+    times: dict[str, list[float]] = {"read": [], "load": []} | ({"whole": []} if args.whole else {})
     with tempfile.TemporaryDirectory(prefix="bench-drive-", dir=os.environ.get("BENCH_TMP")) as tmp, \
             connect(args.engine, host) as engine:
         work = Path(tmp)
@@ -85,13 +88,15 @@ def main() -> None:
             (CGROUP / "blkio.throttle.read_bps_device").write_text(f"{major_minor} {int(args.rate_mb * 1e6)}\n")
             files = " ".join(str(p) for p in sorted((mount / "set").rglob("*")) if p.is_file())
             engine_flags = f"--engine {engine.kind} --host {engine.host}"
+            names = list(times)
             for number in range(args.rounds):
-                for name in (["read", "load"] if number % 2 == 0 else ["load", "read"]):
+                for name in names[number % len(names):] + names[:number % len(names)]:
                     if name == "read":
                         times[name].append(throttled(f"cat {files}"))
                     else:
                         engine.api.remove_image(TAG, force=True)
-                        times[name].append(throttled(f"{imgbuild} load {mount / 'set'} {engine_flags} --json"))
+                        whole = " --whole-archive" if name == "whole" else ""
+                        times[name].append(throttled(f"{imgbuild} load {mount / 'set'} {engine_flags}{whole} --json"))
         finally:
             subprocess.run(["umount", str(mount)], check=False)
             subprocess.run(["losetup", "-d", loop], check=False)
@@ -104,9 +109,10 @@ def main() -> None:
     for name, values in times.items():
         print(f"{name:5s} best {min(values):7.2f} s = {size / min(values) / 1e6:5.1f} MB/s  "
               f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")
-    ratios = [load / read for load, read in zip(times["load"], times["read"])]
-    print(f"load / read wall time = {min(times['load']) / min(times['read']):.3f} best of each, "
-          f"{sorted(ratios)[len(ratios) // 2]:.3f} median of rounds  (goal <= 1.05)")
+    for name in [n for n in times if n != "read"]:
+        ratios = [load / read for load, read in zip(times[name], times["read"])]
+        print(f"{name} / read wall time = {min(times[name]) / min(times['read']):.3f} best of each, "
+              f"{sorted(ratios)[len(ratios) // 2]:.3f} median of rounds  (goal <= 1.05)")
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
 

@@ -41,6 +41,9 @@ RefuseDevicesOpt = Annotated[bool, typer.Option(
     "--refuse-devices", help="Refuse a set whose layers hold device nodes (verify: with --deep).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force", help="Move the set's tags even when the engine has them on other images (refused otherwise).")]
+WholeArchiveOpt = Annotated[bool, typer.Option(
+    "--whole-archive", help="Send the set in one upload, even where the engine could import layers while the next "
+                            "are read (Docker's classic store, Podman).")]
 
 
 def content_line(summary: ContentSummary) -> str:
@@ -101,7 +104,8 @@ def ask_volume(request: VolumeRequest) -> Path | None:
 
 def render_load(result: LoadResult) -> str:
     lines = [f"set {result.name} ({result.set_id}) into {result.engine}: {result.layers_sent} layers, "
-             f"{format_size(result.bytes_read)} read, {format_size(result.bytes_sent)} sent in {result.seconds:.1f} s"]
+             f"{format_size(result.bytes_read)} read, {format_size(result.bytes_sent)} sent in {result.seconds:.1f} s"
+             + (f" ({result.uploads} uploads)" if result.uploads > 1 else "")]
     for image in result.images:
         lines.append(f"{image.status:8} {image.id[:19]} {' '.join(image.tags)}")
     if result.layers_sent:
@@ -115,11 +119,11 @@ def load(dirs: DirsArg, manifest: ManifestOpt = None, set_id: SetOpt = None,
          image: Annotated[list[str] | None, typer.Option("--image", help="Load only this image (tag, id, role).")]
          = None,
          prompt: PromptOpt = False, force: ForceOpt = False, refuse_devices: RefuseDevicesOpt = False,
-         engine: EngineOpt = "auto", host: HostOpt = None,
+         whole_archive: WholeArchiveOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
          json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set's images into the engine, checking every part as it streams; present images are skipped."""
     options = LoadOptions(catalog=manifest, images=tuple(image or ()), ask_volume=ask_volume if prompt else None,
-                          set_id=set_id, force=force, refuse_devices=refuse_devices)
+                          set_id=set_id, force=force, refuse_devices=refuse_devices, whole_archive=whole_archive)
     with progress_for(json_out, verbose) as progress, connect(engine, host, progress=progress) as found:
         result = load_set(found, dirs, options, progress)
     emit(result, json_out, render_load)
@@ -152,11 +156,11 @@ def load_and_run_command(
         health_timeout: Annotated[float | None, typer.Option(
             "--health-timeout", help="Seconds to wait for the health check (default: the recipe's).")] = None,
         prompt: PromptOpt = False, force: ForceOpt = False, refuse_devices: RefuseDevicesOpt = False,
-        engine: EngineOpt = "auto", host: HostOpt = None,
+        whole_archive: WholeArchiveOpt = False, engine: EngineOpt = "auto", host: HostOpt = None,
         json_out: JsonOpt = False, verbose: VerboseOpt = False) -> None:
     """Load a set (skipping present images), start its app's serve command and wait until healthy."""
     load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None, set_id=set_id,
-                               force=force, refuse_devices=refuse_devices)
+                               force=force, refuse_devices=refuse_devices, whole_archive=whole_archive)
     run_options = RunOptions(image=image, bind=bind, port=port, cpus=cpus, memory=memory, detach=detach,
                              health_timeout=health_timeout)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from imgbuild.foundation.errors import LoadError
@@ -89,25 +89,35 @@ class DockerArchive:
     Iterating yields the tar's bytes. ``len()`` is its exact size, known before any layer is read, so the
     HTTP body goes out with a Content-Length instead of chunked framing (no copy of every chunk).
 
-    Layers are emitted in the order of ``layers`` (the caller's read order, e.g. on-disc order), which must
-    hold exactly the layers the images use. A layer whose stream yields more or fewer bytes than its size
-    raises LoadError before the tar would become inconsistent; an exception from a layer stream propagates,
-    and manifest.json is then never yielded.
+    Layers are emitted in the order of ``layers`` (the caller's read order, e.g. on-disc order), which with
+    ``present`` must hold exactly the layers the images use. A layer whose stream yields more or fewer bytes
+    than its size raises LoadError before the tar would become inconsistent; an exception from a layer stream
+    propagates, and manifest.json is then never yielded.
+
+    ``present``: layers the engine already holds under the same parent layers (loaded by an earlier step of
+    load_steps.py). Each is an empty member: Docker's classic store looks a layer up by chain id before it
+    opens its file, and Podman's docker-archive reader wants every listed file to exist but skips reading a
+    layer its storage has. ``before_tail`` is called after the last layer byte and before the configs and
+    manifest.json: the engine imports nothing before it has them, so a caller can hold the import back there.
     """
 
-    def __init__(self, images: list[ArchiveImage], layers: dict[str, ArchiveLayer]) -> None:
+    def __init__(self, images: list[ArchiveImage], layers: dict[str, ArchiveLayer],
+                 present: Collection[str] = (), before_tail: Callable[[], None] | None = None) -> None:
         used = {diff_id for image in images for diff_id in image.diff_ids}
         for image in images:
             for diff_id in image.diff_ids:
-                if diff_id not in layers:
+                if diff_id not in layers and diff_id not in present:
                     raise LoadError(f"image {config_member(image.config)} needs layer {diff_id}, "
                                     "which is not in the set")
-        if set(layers) != used:
-            raise LoadError(f"layers {sorted(set(layers) - used)} are used by none of the images being loaded")
+        if set(layers) - used or set(present) - used or set(layers) & set(present):
+            raise LoadError(f"layers {sorted((set(layers) | set(present)) - used)} are used by none of the images "
+                            "being loaded, or are both sent and present")
         self.images = images
         self.layers = layers
+        self.before_tail = before_tail
         configs = {config_member(image.config): image.config for image in images}
-        self.small = [_member_bytes(name, data) for name, data in configs.items()]
+        self.small = [_member_bytes(layer_member(diff_id), b"") for diff_id in sorted(present)]
+        self.small += [_member_bytes(name, data) for name, data in configs.items()]
         self.small.append(_member_bytes("manifest.json", manifest_json(images)))
 
     def __len__(self) -> int:
@@ -121,6 +131,8 @@ class DockerArchive:
             for chunk in _member_stream(layer_member(diff_id), layer):
                 sent += len(chunk)
                 yield chunk
+        if self.before_tail is not None:
+            self.before_tail()
         tail = b"".join(self.small) + b"\0" * (2 * BLOCK)
         # A body shorter than its Content-Length would leave the engine waiting for the rest.
         if sent + len(tail) != len(self):
@@ -128,8 +140,9 @@ class DockerArchive:
         yield tail
 
 
-def docker_archive(images: list[ArchiveImage], layers: dict[str, ArchiveLayer]) -> DockerArchive:
-    return DockerArchive(images, layers)
+def docker_archive(images: list[ArchiveImage], layers: dict[str, ArchiveLayer], present: Collection[str] = (),
+                   before_tail: Callable[[], None] | None = None) -> DockerArchive:
+    return DockerArchive(images, layers, present, before_tail)
 
 
 def _member_bytes(name: str, data: bytes) -> bytes:

@@ -2,11 +2,14 @@
 
 Nothing is written to disk by imgbuild: parts are read in on-disc order by a reader thread, hashed by a
 second thread, decompressed here and sent as the body of `POST /images/load` (its length is known up front).
+Where the engine allows it (Docker's classic store, Podman), the layers go out in several uploads, so that the
+engine imports one group of layers while the next is read (load_steps.py); LoadOptions.whole_archive sends one.
 
 Why a bad part can never leave a tagged image behind (both engines checked, see tests/test_load.py):
 - each part's size and sha256 are checked when its last byte has been read, and each layer's size when it
   ends; a mismatch raises inside the body generator, which aborts the HTTP request;
-- the tar carries manifest.json last, so an aborted body lacks it and the engine imports nothing;
+- the tar carries manifest.json last, so an aborted body lacks it and the engine imports nothing; loaded in
+  steps, only the last upload holds the set's images, and the step images of earlier ones are removed;
 - the tar names no tags: images are tagged only after the engine reported them and their ids matched.
 Images already present (same id) are not sent again, so a rerun continues where an earlier one stopped.
 """
@@ -31,9 +34,10 @@ from imgbuild.engine.image_ids import describe, find_set_image
 from imgbuild.foundation.errors import (ArchiveError, ChecksumMismatch, FileFault, LoadError, Remedy, UsageError,
                                        VolumeFileError)
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
-from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
+from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer
 from imgbuild.restore.layer_content import ContentSummary, TarScanner, summarize
 from imgbuild.restore.load_checks import check_configs, check_docker_manifest, tag_conflicts
+from imgbuild.restore.load_steps import send_images
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import Image, Layer, Part, SetManifest
 
@@ -59,6 +63,8 @@ class LoadOptions:
     set_id: str | None = None  # which set, when the folders hold volumes of several
     force: bool = False  # move the set's tags even when the engine has them on other images
     refuse_devices: bool = False  # stop (nothing loaded) at a layer holding a device node
+    whole_archive: bool = False  # one upload even where the engine can import in steps (load_steps.py)
+    step_bytes: int = 0  # volume bytes read per step; 0: chosen from the set's size (load_steps.py)
 
 
 @dataclass(frozen=True)
@@ -88,10 +94,11 @@ class LoadResult:
     bytes_sent: int
     seconds: float
     content: ContentSummary = ContentSummary()  # device nodes, setuid files, unsafe paths in the layers sent
+    uploads: int = 0  # load requests sent: 1 for the whole archive, more when loaded in steps
 
     def to_json(self) -> dict[str, Any]:
         return {"set_id": self.set_id, "name": self.name, "engine": self.engine,
-                "images": [i.to_json() for i in self.images], "layers_sent": self.layers_sent,
+                "images": [i.to_json() for i in self.images], "layers_sent": self.layers_sent, "uploads": self.uploads,
                 "bytes_read": self.bytes_read, "bytes_sent": self.bytes_sent, "seconds": round(self.seconds, 3),
                 "content": self.content.to_json()}
 
@@ -120,13 +127,16 @@ def load_located(engine: Engine, located: LocatedSet, options: LoadOptions = Loa
                         + "; nothing was loaded or tagged",
                         remedy=Remedy.MOVE_TAGS)
     stream = _LayerStreams(located, to_load, options, progress)
+    uploads = 0
     if to_load:
         stream.preflight()
         configs = [read_config(located, image) for image in to_load]
         check_configs(zip(to_load, configs))
         archive_images = [ArchiveImage(config, tuple(image.layers)) for config, image in zip(configs, to_load)]
+        read_order = [(layer.diff_id, layer.compressed_size) for layer in stream.layers]
         try:
-            _post_load(engine, docker_archive(archive_images, stream.archive_layers()))
+            uploads = send_images(engine, manifest.set_id, archive_images, read_order, stream.archive_layers,
+                                  lambda body: _post_load(engine, body), options.whole_archive, options.step_bytes)
         finally:
             stream.close()
         for image in to_load:
@@ -141,7 +151,8 @@ def load_located(engine: Engine, located: LocatedSet, options: LoadOptions = Loa
                     for i in chosen)
     return LoadResult(set_id=manifest.set_id, name=manifest.name, engine=engine.kind, images=results,
                       layers_sent=len(stream.layers), bytes_read=stream.bytes_read, bytes_sent=stream.bytes_sent,
-                      seconds=time.monotonic() - started, content=summarize(stream.scanners))
+                      seconds=time.monotonic() - started, content=summarize(stream.scanners),
+                      uploads=uploads)
 
 
 def image_names(image: Image) -> set[str]:
