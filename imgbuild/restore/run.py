@@ -96,9 +96,14 @@ def run_located(engine: Engine, located: LocatedSet, load_options: LoadOptions, 
     result = replace(result, load=loaded)
     if options.detach:
         return result
-    if on_ready is not None:
-        on_ready(result)
-    reason = wait_until_stopped(engine, result.container_id, progress)
+    stop = threading.Event()
+    restore = _on_signals(stop)  # before on_ready: a Ctrl-C right after "healthy" must stop the container too
+    try:
+        if on_ready is not None:
+            on_ready(result)
+        reason = wait_until_stopped(engine, result.container_id, progress, stop=stop)
+    finally:
+        restore()
     return replace(result, stopped=True, stop_reason=reason)
 
 
@@ -268,11 +273,11 @@ def stop_and_remove(engine: Engine, container_id: str) -> None:
 
 
 def wait_until_stopped(engine: Engine, container_id: str, progress: ProgressCallback = no_progress,
-                       poll: float = 1.0) -> str:
-    """Block until SIGINT/SIGTERM or the container's exit; then stop and remove it. Returns why it stopped."""
-    stop = threading.Event()
+                       poll: float = 1.0, stop: threading.Event | None = None) -> str:
+    """Block until SIGINT/SIGTERM (or ``stop``, when the caller handles the signals) or the container's exit;
+    then stop and remove it. Returns why it stopped."""
     reason = "container exited"
-    restore = _on_signals(stop)
+    restore = _on_signals(stop := threading.Event()) if stop is None else (lambda: None)
     try:
         while not stop.wait(poll):
             try:
