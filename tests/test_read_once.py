@@ -2,8 +2,9 @@
 command locates its set once, so the counts say what one command cost each disc.
 
 verify reads every volume exactly once (the damage is located to the block in that read); repair reads each
-disc once to verify it and then only what the rebuild needs (the rebuilt volumes' intact bytes, the other
-volumes' bad stretches); load-and-run reads at most each volume once, its load being its verification.
+disc once to verify it, rebuilds a damaged volume from the copy it kept while reading it, and then reads only
+the other volumes' stretches a bad block spans; load-and-run reads at most each volume once, its load being
+its verification.
 """
 
 from __future__ import annotations
@@ -96,13 +97,28 @@ def test_repair_verifies_each_volume_once_and_then_reads_only_what_the_rebuild_n
     assert verified == sizes  # each disc once; the damage assessment read nothing more
     total = dict(result.bytes_read)
     again = {number: total[number] - verified[number] for number in total}
-    # The lost volume 3 was built while 1, 2 and 4 were verified. The damage found on volume 1 while reading
-    # it costs a second read: volume 1's intact files and blocks are copied, and its bad block is decoded from
-    # volumes 2, 3 and 4 at the same offsets, where only the parity volume has bytes (2 and 3 end before it).
-    copied_1 = sum(f.size for f in manifest.volume(1).files) - BLOCK_SIZE
-    assert again == {1: copied_1, 2: 0, 4: BLOCK_SIZE}
+    # The lost volume 3 was built while 1, 2 and 4 were verified. Volume 1, found damaged in that read, is
+    # rebuilt from the copy kept while it was read: its disc is not read again. Its bad block is decoded from
+    # volumes 2, 3 and 4 at the same offsets, where only the parity volume has bytes (2 and 3 end before it):
+    # one block of the parity disc is read again.
+    assert again == {1: 0, 2: 0, 4: BLOCK_SIZE}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        manifest.volume(n).folder for n in (1, 3))  # the copies verify kept are gone
     for number, size in sorted(sizes.items()):
         print(f"volume {number}: {size} bytes, verify read {verified[number]}, repair read {total[number]}")
+
+
+def test_repair_of_a_damaged_volume_does_not_read_its_disc_again(tmp_path: Path) -> None:
+    root, manifest = damaged_set(tmp_path)
+    located = locate_set([root])
+    sizes = volume_sizes(located)
+    result = repair_located(located, RepairOptions(out=tmp_path / "out"))
+    assert result.check is not None and result.check.ok and result.recovery.targets == (1,)
+    assert result.verified is not None and dict(result.verified.bytes_read) == sizes
+    again = {number: read - sizes[number] for number, read in result.bytes_read}
+    # Volume 1 is rebuilt from the copy kept while verify read it; its bad block (at 4 MiB) is decoded from
+    # the same offsets of volumes 2, 3 (which end before it) and 4: one block of the parity disc again.
+    assert again == {1: 0, 2: 0, 3: 0, 4: BLOCK_SIZE}
 
 
 @pytest.mark.engine

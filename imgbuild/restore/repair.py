@@ -14,11 +14,12 @@
 Only the volumes that need it are written: the rest of the set stays where it is, and load or verify take
 the original folders plus OUT together.
 
-Reads: a set with lost volumes (not found) and no other damage is read once, disc by disc. Damage verify
-finds on a disc is known only once that disc was read: rebuilding it reads that disc's intact bytes again
-(to copy them) and, for its bad blocks, the same stretches of N other volumes (decoding needs them at the
-same offsets at the same time): a second read of the damaged discs and of the stretches their damage spans
-on the others, not of the whole set.
+Reads: every disc is read once, in full, by verify. Damage on a disc is known only once that disc was read,
+so while verify reads a volume its bytes are also written to a copy under OUT; the copy is dropped as soon as
+the volume's last file checks out, and kept when one does not: rebuilding that volume then takes its intact
+bytes from the copy, not from the disc (extra local disk: the volume being read, plus the damaged ones). A
+bad block is decoded from the same stretch of N other volumes, read from their discs again at those offsets
+only: a block or so of each, not the whole disc.
 """
 
 from __future__ import annotations
@@ -112,10 +113,22 @@ def repair_located(located: LocatedSet, options: RepairOptions,
                 rebuild.stage(lost, ())
             streams = LostStreams(manifest, lost, rebuild.xor_at)
             verify_progress = _renamed(progress, "verify", "repair: verify and rebuild")
-        report = verify_located(located, VerifyOptions(catalog=options.catalog, set_id=options.set_id,
-                                                       on_chunk=streams.feed if streams else None), verify_progress)
+        with disk_errors(options.out):
+            rebuild.keep_while_verifying()
+
+        def on_chunk(volume: int, relative: str, offset: int, data: bytes) -> None:
+            rebuild.kept.write(volume, relative, offset, data)
+            if streams is not None:
+                streams.feed(volume, relative, offset, data)
+
+        verify_options = VerifyOptions(catalog=options.catalog, set_id=options.set_id, on_chunk=on_chunk,
+                                       on_file_end=rebuild.kept.file_end)
+        with disk_errors(options.out):
+            report = verify_located(located, verify_options, verify_progress)
+            rebuild.kept.close()
         recovery = report.recovery or assess(manifest, located.volumes, ())
         if not recovery.targets:
+            rebuild.discard()
             return RepairResult(manifest.set_id, manifest.name, recovery, (), (), 0, 0, 0.0, 0.0, verified=report,
                                 bytes_read=report.bytes_read)
         if not recovery.recoverable:
@@ -126,6 +139,7 @@ def repair_located(located: LocatedSet, options: RepairOptions,
             decode_seconds = rebuild.decode(recovery.stretches, set(lost))
             decode_seconds += streams.seconds if streams else 0.0
             finals = rebuild.finish(located.manifest_bytes)
+            rebuild.kept.discard()
     except BaseException:
         rebuild.discard()
         raise
@@ -171,8 +185,15 @@ class _Rebuild:
         self.writers: dict[int, _StreamWriter] = {}
         self.fds: dict[tuple[int, str], int] = {}
         self.created_out = False
+        self.kept = _KeptCopies(manifest, layout.partial(options.out / ".verified-volumes"))
         self.copied = 0
         self.decoded = 0
+
+    def keep_while_verifying(self) -> None:
+        """Make OUT (if need be) for the copies verify's read leaves of damaged volumes."""
+        if not self.options.out.exists():
+            self.options.out.mkdir(parents=True)
+            self.created_out = True
 
     def stage(self, numbers: Sequence[int], damaged: Sequence[DamagedFile]) -> None:
         """Create every file of the volumes ``numbers``: intact content copied, the rest left as zeros to be
@@ -191,6 +212,8 @@ class _Rebuild:
             shutil.rmtree(staging, ignore_errors=True)
             self.staging[number] = staging
             opener = self.volumes[number].open if number in self.volumes else None
+            if opener is not None:
+                opener = self.kept.opener(number, opener)
             for entry in volume.files:
                 path = staging / entry.path
                 with disk_errors(path):
@@ -342,6 +365,7 @@ class _Rebuild:
         os.replace(layout.partial(path), path)
 
     def discard(self) -> None:
+        self.kept.discard()
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
@@ -349,6 +373,66 @@ class _Rebuild:
             shutil.rmtree(staging, ignore_errors=True)
         if self.created_out:  # a failed repair leaves no OUT behind that it made
             shutil.rmtree(self.options.out, ignore_errors=True)
+
+
+class _KeptCopies:
+    """Copies of the volumes verify reads, written as it reads them; a volume's copy is dropped once all its
+    files checked out, and kept when one did not, so rebuilding a damaged volume does not read its disc again.
+    At most the volume being read and the damaged ones are on local disk at a time."""
+
+    def __init__(self, manifest: SetManifest, root: Path) -> None:
+        self.manifest = manifest
+        self.root = root
+        self.current: int | None = None
+        self.fds: dict[str, int] = {}
+        self.damaged: set[int] = set()
+        self.kept: set[int] = set()
+
+    def write(self, volume: int, relative: str, offset: int, data: bytes) -> None:
+        if volume != self.current:
+            self._finish_current()
+            self.current = volume
+        fd = self.fds.get(relative)
+        if fd is None:
+            path = self.root / self.manifest.volume(volume).folder / relative
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = self.fds[relative] = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.pwrite(fd, data, offset)
+
+    def file_end(self, volume: int, relative: str, ok: bool) -> None:
+        if not ok:
+            self.damaged.add(volume)
+
+    def close(self) -> None:
+        """After verify: the last volume read is kept or dropped like the others."""
+        self._finish_current()
+        self.current = None
+
+    def opener(self, number: int, disc: erasure.Opener) -> erasure.Opener:
+        """Opens a file of volume ``number`` from its copy when verify left one, else from ``disc``."""
+        folder = self.root / self.manifest.volume(number).folder
+
+        def open_copy(relative: str) -> BinaryIO:
+            copy = folder / relative
+            return open(copy, "rb") if number in self.kept and copy.is_file() else disc(relative)
+
+        return open_copy
+
+    def discard(self) -> None:
+        self.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.kept.clear()
+
+    def _finish_current(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        if self.current is None:
+            return
+        if self.current in self.damaged:
+            self.kept.add(self.current)
+        else:
+            shutil.rmtree(self.root / self.manifest.volume(self.current).folder, ignore_errors=True)
 
 
 class _StreamWriter:

@@ -47,6 +47,8 @@ class VerifyOptions:
     record_in: Path | None = None
     # Called with (volume, file, offset, bytes) for every chunk read: repair builds lost volumes in the same read.
     on_chunk: Callable[[int, str, int, bytes], None] | None = None
+    # Called with (volume, file, ok) when a file has been read to its end and checked.
+    on_file_end: Callable[[int, str, bool], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,8 @@ def _hash_files(to_read: list[_Expected], problems: list[Problem], deep: _DeepCh
             else:
                 files += 1
                 ok = _check_end(item, event, problems)
+                if options.on_file_end is not None:
+                    options.on_file_end(item.volume, item.relative, ok)
                 if deep:
                     deep.end(item, ok)
     progress(ProgressEvent(task=task, done=done, total=total, finished=True))
