@@ -31,11 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import bench_archive  # noqa: E402  (the image builder of the archive benchmark)
-from imgbuild.setformat import layout  # noqa: E402
+
 from imgbuild.archive.archive import ArchiveOptions, archive  # noqa: E402
 from imgbuild.engine.connect import connect  # noqa: E402
-from imgbuild.setformat.manifest import parse_manifest  # noqa: E402
 from imgbuild.fleet.push import PushOptions, push_set  # noqa: E402
+from imgbuild.setformat import layout  # noqa: E402
+from imgbuild.setformat.manifest import parse_manifest  # noqa: E402
 from tests.support.registry import PASSWORD, USER, start_registry  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-push:1"
