@@ -68,8 +68,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     root = tmp_path_factory.mktemp("wheel")
     source = root / "source"
     shutil.copytree(REPO, source, symlinks=True, ignore=_ignore)  # imgbuild/data's links stay links
-    # This venv's setuptools builds it (no build isolation: nothing fetched for the build itself).
-    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+    # Built as a user's pip builds it: in an isolated environment with the setuptools pyproject.toml asks for
+    # (a venv's own setuptools may be too old to build wheels by itself).
+    run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
          "--wheel-dir", str(root / "dist"), str(source)], cwd=root)
     (wheel,) = (root / "dist").glob("imgbuild-*.whl")
     venv = root / "venv"
