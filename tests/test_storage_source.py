@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,11 @@ from imgbuild.archive.storage_source import (
     LayerUnreadable,
     StorageUnavailable,
     StoredImage,
+    StoredLayer,
     layer_chunks,
     open_store,
-    read_tar_split,
+    tar_size,
+    tar_split_entries,
 )
 from imgbuild.engine.connect import Engine
 from imgbuild.setformat import layout
@@ -90,8 +93,8 @@ def test_every_layer_reassembles_to_its_diff_id(engine: Engine, awkward) -> None
     assert len(stored.layers) >= 3  # the bootstrap rootfs plus the RUN steps (Docker keeps no empty layer)
     names = []
     for layer in stored.layers:
-        entries, size = read_tar_split(layer)
-        data = b"".join(layer_chunks(layer, entries))
+        size = tar_size(layer)
+        data = b"".join(layer_chunks(layer, tar_split_entries(layer)))
         assert len(data) == size
         assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.diff_id
         with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -167,8 +170,8 @@ def test_missing_metadata_is_named(engine: Engine, awkward, tmp_path: Path) -> N
     real = _store(engine)
     layer = real.image(image_id).layers[0]
     with pytest.raises(LayerUnreadable, match="tar-split"):
-        read_tar_split(dataclasses.replace(layer, tar_split=tmp_path / "absent.gz"))
-    entry = dataclasses.replace(read_tar_split(layer)[0][0], segment=None, name="../../no/such/file", size=10)
+        tar_size(dataclasses.replace(layer, tar_split=tmp_path / "absent.gz"))
+    entry = dataclasses.replace(next(tar_split_entries(layer)), segment=None, name="../../no/such/file", size=10)
     with pytest.raises(LayerUnreadable, match=f"cannot read {layer.files}/no/such/file"):
         list(layer_chunks(layer, [entry]))
 
@@ -177,3 +180,24 @@ def test_remote_engines_use_the_save_api(engine: Engine) -> None:
     remote = dataclasses.replace(engine, host="tcp://192.0.2.1:2375")
     with pytest.raises(StorageUnavailable, match="not on this machine"):
         open_store(remote)
+
+
+def test_a_layer_of_many_files_is_read_in_bounded_memory(tmp_path: Path) -> None:
+    """The tar-split is read entry by entry, twice (size, then contents), never held whole: 50,000 files
+    (a large Python environment) cost no more memory than a few."""
+    files = 50_000
+    with gzip.open(tmp_path / "layer.tar-split.gz", "wt") as out:
+        for number in range(files):
+            header = base64.b64encode(b"h" * 512).decode()
+            out.write(json.dumps({"type": 2, "payload": header}) + "\n")
+            out.write(json.dumps({"type": 1, "name": f"lib/site-packages/m{number}.py", "size": 7}) + "\n")
+    layer = StoredLayer("sha256:" + "0" * 64, tmp_path / "layer.tar-split.gz", tmp_path)
+    tracemalloc.start()
+    try:
+        size = tar_size(layer)
+        count = sum(1 for _ in tar_split_entries(layer))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (size, count) == (files * (512 + 7), 2 * files)
+    assert peak < 4 * 1024 * 1024, f"{peak} bytes at peak"

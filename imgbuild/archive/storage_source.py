@@ -31,7 +31,7 @@ import os
 import posixpath
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -182,10 +182,9 @@ class _Entry:
     size: int = 0
 
 
-def read_tar_split(layer: StoredLayer) -> tuple[list[_Entry], int]:
-    """The layer's entries and the size of the tar stream they make."""
-    entries: list[_Entry] = []
-    total = 0
+def tar_split_entries(layer: StoredLayer) -> Iterator[_Entry]:
+    """The layer's tar-split entries, one at a time: a layer of a million files costs no more memory than
+    one of ten."""
     try:
         with gzip.open(layer.tar_split, "rb") as lines:
             for line in lines:
@@ -194,21 +193,23 @@ def read_tar_split(layer: StoredLayer) -> tuple[list[_Entry], int]:
                 raw = json.loads(line)
                 kind = raw.get("type")
                 if kind == SEGMENT_ENTRY:
-                    data = base64.b64decode(raw.get("payload") or b"")
-                    entries.append(_Entry(segment=data))
-                    total += len(data)
+                    yield _Entry(segment=base64.b64decode(raw.get("payload") or b""))
                 elif kind == FILE_ENTRY:
                     size = int(raw.get("size") or 0)
                     if size:
                         name = (base64.b64decode(raw["name_raw"]).decode("utf-8", "surrogateescape")
                                 if raw.get("name_raw") else str(raw.get("name", "")))
-                        entries.append(_Entry(segment=None, name=name, size=size))
-                        total += size
+                        yield _Entry(segment=None, name=name, size=size)
                 else:
                     raise LayerUnreadable(f"{layer.tar_split}: unknown entry type {kind!r}")
     except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
         raise LayerUnreadable(f"cannot read the tar-split of layer {layer.diff_id}: {exc}") from exc
-    return entries, total
+
+
+def tar_size(layer: StoredLayer) -> int:
+    """The size of the tar stream the layer's tar-split makes (a first pass over it, keeping nothing)."""
+    return sum(len(entry.segment) if entry.segment is not None else entry.size
+               for entry in tar_split_entries(layer))
 
 
 def _file_path(root: Path, name: str) -> Path:
@@ -219,7 +220,7 @@ def _file_path(root: Path, name: str) -> Path:
     return root / clean
 
 
-def layer_chunks(layer: StoredLayer, entries: list[_Entry]) -> Iterator[bytearray]:
+def layer_chunks(layer: StoredLayer, entries: Iterable[_Entry]) -> Iterator[bytearray]:
     """The layer's tar stream in pieces of CHUNK bytes (the last one shorter): headers from tar-split,
     contents read straight into the piece being filled (one copy from the page cache, none after)."""
     piece = bytearray(CHUNK)
@@ -281,14 +282,14 @@ class Prefetched:
 
     def _pump(self) -> None:
         try:
-            entries, self._size = read_tar_split(self.layer)
+            self._size = tar_size(self.layer)
         except BaseException as exc:
             self._size = exc
             return
         finally:
             self._sized.set()
         try:
-            for chunk in layer_chunks(self.layer, entries):
+            for chunk in layer_chunks(self.layer, tar_split_entries(self.layer)):
                 if self._stop.is_set():
                     return
                 self._queue.put(chunk)
