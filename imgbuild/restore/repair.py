@@ -385,8 +385,7 @@ class _KeptCopies:
         self.root = root
         self.current: int | None = None
         self.fds: dict[str, int] = {}
-        self.damaged: set[int] = set()
-        self.kept: set[int] = set()
+        self.damaged: set[int] = set()  # volumes with a file that did not check out: their copies stay
 
     def write(self, volume: int, relative: str, offset: int, data: bytes) -> None:
         if volume != self.current:
@@ -414,24 +413,19 @@ class _KeptCopies:
 
         def open_copy(relative: str) -> BinaryIO:
             copy = folder / relative
-            return open(copy, "rb") if number in self.kept and copy.is_file() else disc(relative)
+            return open(copy, "rb") if number in self.damaged and copy.is_file() else disc(relative)
 
         return open_copy
 
     def discard(self) -> None:
         self.close()
         shutil.rmtree(self.root, ignore_errors=True)
-        self.kept.clear()
 
     def _finish_current(self) -> None:
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()
-        if self.current is None:
-            return
-        if self.current in self.damaged:
-            self.kept.add(self.current)
-        else:
+        if self.current is not None and self.current not in self.damaged:
             shutil.rmtree(self.root / self.manifest.volume(self.current).folder, ignore_errors=True)
 
 
