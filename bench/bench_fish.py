@@ -14,7 +14,8 @@ Measured, each in its own process (so peak RSS is its own):
       imports tools.auto_rerank, which imports funasr at module level; /v1/invoke never calls it, so an
       empty funasr module stands in for that import.
   (b) tools.api has no fp32 switch: `--half` selects fp16, so there is no (b) row.
-  (c) the bundled engine (imgbuild_runtime.fish_engine) at the precision it chooses on this CPU.
+  (c) the bundled engine (imgbuild_runtime.fish_engine) at the precision it chooses on this CPU (auto), and
+      again at each precision --engine-precisions adds (default: int8, which the engine uses only when asked).
 Each side first serves one unmeasured request of the same size with another reference voice, which pays
 what only a process's first request pays (librosa's first load in (a), the decoder's kernels at this length,
 caches growing); then the measured ones: no reference voice, then a new reference voice twice. "reference,
@@ -80,7 +81,17 @@ def copy_bandwidth(megabytes: int = 256, rounds: int = 5) -> float:
 def weight_bytes_per_token(model) -> int:  # type: ignore[no-untyped-def]
     """Weights read to make one token: the slow layers and output once, the fast layers once per codebook."""
     def size(module) -> int:  # type: ignore[no-untyped-def]
-        return sum(p.numel() * p.element_size() for p in module.parameters())
+        total = 0
+        for m in module.modules():
+            weight = getattr(m, "weight", None)
+            if callable(weight):  # torch's dynamic int8 linear: int8 weights, one fp64 scale and zero point a row
+                q = weight()
+                total += q.numel() * q.element_size() + q.size(0) * 16
+                bias = m.bias()
+                total += 0 if bias is None else bias.numel() * bias.element_size()
+            else:
+                total += sum(p.numel() * p.element_size() for p in m.parameters(recurse=False))
+        return total
 
     slow = sum(size(layer) for layer in model.layers) + size(model.output) + size(model.norm)
     fast = sum(size(layer) for layer in model.fast_layers) + size(model.fast_output) + size(model.fast_norm)
@@ -163,7 +174,7 @@ def child_fish_api(checkpoint: Path, ref: Path, tokens: int, threads: int) -> di
             "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
-def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile: bool) -> dict:
+def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile: bool, precision: str) -> dict:
     """(c): the bundled engine, with the server's reference cache in front of it."""
 
     from imgbuild_runtime.engine import SynthesisOptions
@@ -177,7 +188,7 @@ def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile
     logging.getLogger("imgbuild_runtime.fish_engine").addHandler(handler)
     logging.getLogger("imgbuild_runtime.fish_engine").setLevel(logging.INFO)
     started = time.perf_counter()
-    engine = FishSpeechEngine(checkpoint, threads=threads, precision=os.environ.get("BENCH_PRECISION", "auto"))
+    engine = FishSpeechEngine(checkpoint, threads=threads, precision=precision)
     engine.load()
     engine.warmup()  # as the server does before it answers
     load = time.perf_counter() - started
@@ -207,7 +218,8 @@ def child_engine(checkpoint: Path, ref: Path, tokens: int, threads: int, profile
         requests.append(row(label, total, first, decode.ends[0] - started, samples / engine.sample_rate,
                             samples // 1024, total - encode.seconds - decode.seconds, encode.seconds,
                             decode.seconds))
-    result = {"name": f"(c) bundled engine, {engine.precision} (decoder {engine.decoder_precision})", "load": load,
+    result = {"name": f"(c) bundled engine, --precision {precision}: {engine.precision} "
+                      f"(decoder {engine.decoder_precision})", "load": load,
               "choices": choices, "warmup": requests.pop(0), "requests": requests,
               "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
               "weight_bytes_per_token": weight_bytes_per_token(generator.model), "precision": engine.precision}
@@ -233,9 +245,10 @@ def row(label: str, total: float, first: float | None, first_sentence: float, au
             "encode": encode, "decode": decode}
 
 
-def run_child(kind: str, args: argparse.Namespace, checkpoint: Path, ref: Path) -> dict:
+def run_child(kind: str, args: argparse.Namespace, checkpoint: Path, ref: Path, precision: str = "auto") -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--checkpoint", str(checkpoint), "--ref", str(ref),
-           "--tokens-per-sentence", str(args.tokens_per_sentence), "--threads", str(args.threads)]
+           "--tokens-per-sentence", str(args.tokens_per_sentence), "--threads", str(args.threads),
+           "--precision", precision]
     if args.profile:
         cmd.append("--profile")
     done = subprocess.run(cmd, capture_output=True, text=True)
@@ -264,6 +277,9 @@ def main() -> int:
     p.add_argument("--ref", type=Path)
     p.add_argument("--tokens-per-sentence", type=int, default=105)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--precision", default="auto", help=argparse.SUPPRESS)  # a child's
+    p.add_argument("--engine-precisions", default="int8",
+                   help="Precisions (c) also runs at, comma-separated, after auto; '' for none.")
     p.add_argument("--skip-fish", action="store_true", help="Only (c).")
     p.add_argument("--profile", action="store_true", help="Profile 8 tokens of (c) by operator.")
     p.add_argument("--json", action="store_true")
@@ -277,7 +293,7 @@ def main() -> int:
         return 0
     if args.child == "engine":
         print(json.dumps(child_engine(args.checkpoint, args.ref, args.tokens_per_sentence, args.threads,
-                                      args.profile)))
+                                      args.profile, args.precision)))
         return 0
 
     work = Path(os.environ.get("IMGBUILD_BENCH_DIR", Path(tempfile.gettempdir()) / "imgbuild-bench-fish"))
@@ -298,30 +314,36 @@ def main() -> int:
           "when the first sentence's\ncompute ended (reference encoding, its generation, its decoding); "
           "'reference, 1st' is a new voice's first request, '2nd' the same voice again", flush=True)
     bandwidth = copy_bandwidth()
-    results = [run_child("engine", args, checkpoint, ref)]
-    show(results[0])
-    sys.stdout.flush()
+    ours = []
+    for precision in ["auto", *filter(None, args.engine_precisions.split(","))]:
+        ours.append(run_child("engine", args, checkpoint, ref, precision))
+        show(ours[-1])
+        sys.stdout.flush()
+    fish = None
     if not args.skip_fish:
-        results.append(run_child("fish-api", args, checkpoint, ref))
-        show(results[1])
-    ours = results[0]
-    bound = bandwidth / ours["weight_bytes_per_token"]
-    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s; weights read per token ({ours['precision']}) "
-          f"{ours['weight_bytes_per_token'] / 1e9:.2f} GB -> bound {bound:.2f} tokens/s")
-    for r in ours["requests"]:
-        print(f"  (c) {r['request']:16} {r['tokens_per_s']:.2f} tokens/s = {100 * r['tokens_per_s'] / bound:.0f} % "
-              f"of the bound; first audio {r['first_audio']:.1f} s, first sentence computed "
-              f"{r['first_sentence']:.1f} s, whole request {r['total']:.1f} s")
-    if len(results) == 2:
-        for a, c in zip(results[1]["requests"], ours["requests"]):
-            print(f"  (a)/(c) {a['request']:16} compute per audio second {a['rtf'] / c['rtf']:.1f}x, "
-                  f"first audio {a['first_audio'] / c['first_audio']:.1f}x, "
-                  f"tokens/s {c['tokens_per_s'] / a['tokens_per_s']:.1f}x")
-        print("  (a) fish-speech tools.api semantic tokens/s: "
-              + ", ".join(f"{r['request']} {r['tokens_per_s']:.2f}" for r in results[1]["requests"]))
-    for line in ours.get("profile", []):
-        print("  " + line)
+        fish = run_child("fish-api", args, checkpoint, ref)
+        show(fish)
+    print(f"\ncopy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    for c in ours:
+        bound = bandwidth / c["weight_bytes_per_token"]
+        print(f"{c['name']}: weights read per token {c['weight_bytes_per_token'] / 1e9:.2f} GB "
+              f"-> bound {bound:.2f} tokens/s")
+        for r in c["requests"]:
+            print(f"  (c) {r['request']:16} {r['tokens_per_s']:.2f} tokens/s = "
+                  f"{100 * r['tokens_per_s'] / bound:.0f} % of the bound; first audio {r['first_audio']:.1f} s, "
+                  f"first sentence computed {r['first_sentence']:.1f} s, whole request {r['total']:.1f} s")
+        if fish is not None:
+            for a, r in zip(fish["requests"], c["requests"]):
+                print(f"  (a)/(c) {r['request']:16} compute per audio second {a['rtf'] / r['rtf']:.1f}x, "
+                      f"first audio {a['first_audio'] / r['first_audio']:.1f}x, "
+                      f"tokens/s {r['tokens_per_s'] / a['tokens_per_s']:.1f}x")
+        for line in c.get("profile", []):
+            print("  " + line)
+    if fish is not None:
+        print("(a) fish-speech tools.api semantic tokens/s: "
+              + ", ".join(f"{r['request']} {r['tokens_per_s']:.2f}" for r in fish["requests"]))
     print(f"load average at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    results = [*ours, *([fish] if fish else [])]
     if args.json:
         print(json.dumps({"bandwidth": bandwidth, "results": results}))
     return 0

@@ -66,9 +66,10 @@ def test_precision_follows_cpu_features_and_measurement() -> None:
     assert precision == "fp32" and "amx_bf16" in why and "bf16 10.00 ms" in why and calls
     assert choose_precision("auto", {"amx_bf16"}, lambda: {"fp32": 0.004, "bf16": 0.001})[0] == "bf16"
     assert choose_precision("bf16", set(), measure) == ("bf16", "requested")
+    assert choose_precision("int8", {"avx512_bf16"}, measure) == ("int8", "requested")
     with pytest.raises(ValueError, match="unknown precision 'int4'"):
         choose_precision("int4", set(), measure)
-    assert set(PRECISIONS) == {"auto", "fp32", "bf16"}
+    assert set(PRECISIONS) == {"auto", "fp32", "bf16", "int8"}
 
 
 def test_cpu_flags_of_the_first_processor() -> None:
@@ -183,6 +184,41 @@ def test_bf16_one_token_linear_is_f_linear() -> None:
             assert torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))
         x32 = torch.randn(1, in_features)
         assert torch.equal(linear(x32, weight.float()), F.linear(x32, weight.float()))
+
+
+@needs_torch
+def test_int8_quantizes_every_generator_linear_layer_per_channel(checkpoint: Path) -> None:
+    """--precision int8: fish-speech's forward on the quantized model stays close to fp32 (per-channel int8
+    weights), every linear layer is replaced, and the engine still synthesizes."""
+    import torch
+    from fish_speech.models.text2semantic.llama import BaseTransformer
+
+    from imgbuild_runtime.engine import SynthesisOptions
+    from imgbuild_runtime.fish_engine import FishSpeechEngine, quantize_int8
+
+    fp32 = BaseTransformer.from_pretrained(str(checkpoint), load_weights=True).to(torch.float32).eval()
+    int8 = quantize_int8(BaseTransformer.from_pretrained(str(checkpoint), load_weights=True).to(torch.float32).eval())
+    assert not any(isinstance(m, torch.nn.Linear) for m in int8.modules())
+    torch.manual_seed(SEED)
+    tokens = torch.randint(1, 200, (1, 1 + fp32.config.num_codebooks, 12))
+    with torch.inference_mode():
+        ours, theirs = int8(tokens), fp32(tokens)
+    for a, b in ((ours.token_logits, theirs.token_logits), (ours.codebook_logits, theirs.codebook_logits)):
+        assert a.shape == b.shape
+        assert not torch.equal(a, b)  # quantized for real
+        assert cosine(a, b) > 0.99
+
+    engine = FishSpeechEngine(checkpoint, threads=2, precision="int8")
+    engine.load()
+    assert engine.info().precision == "int8" and engine.decoder_precision in ("fp32", "bf16")
+    chunks = list(engine.synthesize("One sentence.", [], SynthesisOptions(sampling=sampling(6)), threading.Event()))
+    assert len(chunks) == 1 and chunks[0].size == 5 * 1024 and chunks[0].dtype == np.float32
+
+
+def cosine(a, b) -> float:  # type: ignore[no-untyped-def]
+    import torch.nn.functional as F
+
+    return float(F.cosine_similarity(a.reshape(-1).double(), b.reshape(-1).double(), dim=0))
 
 
 def voice_samples(hz: float) -> tuple[np.ndarray, int]:

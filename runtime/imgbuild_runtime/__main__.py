@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     p.add_argument("--max-chars", type=int, default=4096, help="Longest text accepted.")
     p.add_argument("--queue-size", type=int, default=8, help="Requests running or waiting; more get 429.")
     p.add_argument("--timeout", type=float, default=300.0, help="Seconds a request may wait and run.")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="fishspeech: auto picks bf16 only on CPUs with native bf16 where it measures faster.")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+                   help="fishspeech: auto picks bf16 only on CPUs with native bf16 where it measures faster; "
+                   "int8 quantizes the generator's linear layers (faster, changes its numbers).")  # fmt: skip
     p.add_argument("--no-preencode", action="store_true", help="Encode references on first use, not at start.")
     p.add_argument("--voice-map", default="",
                    help="OpenAI voice names -> voices: 'alloy=2r/happy,echo=default' or a file of NAME=VOICE "
