@@ -4,6 +4,7 @@ loaded and started, health checked; Ctrl-C stops and removes it; the other engin
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import subprocess
@@ -16,13 +17,14 @@ import pytest
 import requests
 
 from imgbuild.engine.connect import Engine
-from imgbuild.foundation.errors import LoadError, UsageError
+from imgbuild.foundation.errors import LoadError, OptionError, UsageError
 from imgbuild.recipe.model import HealthCheck, Serve
 from imgbuild.restore.load import LoadOptions, load_set
 from imgbuild.restore.run import (
     RUN_LABEL,
     RunOptions,
     load_and_run,
+    parse_env,
     pick_image,
     serve_spec,
     start_service,
@@ -72,7 +74,8 @@ def test_round_trip_verify_remove_load_and_run_healthy(engine: Engine, web_set: 
     image = manifest.images[0]
     assert set_image_id(engine, image) is None
     result = load_and_run(engine, [folder], LoadOptions(),
-                          RunOptions(port=0, detach=True, cpus=1.0, memory="256m", health_timeout=60))
+                          RunOptions(port=0, detach=True, cpus=1.0, memory="256m", health_timeout=60,
+                                     env=parse_env(["IMGBUILD_TEST_NOTE=a=b", "EMPTY="])))
     try:
         assert result.load is not None and [i.status for i in result.load.images] == ["loaded"]
         assert result.url.startswith("http://127.0.0.1:") and result.health_url.endswith("/health")
@@ -80,11 +83,27 @@ def test_round_trip_verify_remove_load_and_run_healthy(engine: Engine, web_set: 
         host_config = engine.api.inspect_container(result.container_id)["HostConfig"]
         assert host_config["NanoCpus"] == 1_000_000_000
         assert host_config["Memory"] == 256 * 1024 * 1024
+        env = engine.api.inspect_container(result.container_id)["Config"]["Env"]
+        assert "IMGBUILD_TEST_NOTE=a=b" in env and "EMPTY=" in env
         bindings = engine.api.inspect_container(result.container_id)["NetworkSettings"]["Ports"]["8080/tcp"]
         assert bindings[0]["HostIp"] in ("127.0.0.1", "")  # Podman reports the address it was given elsewhere
     finally:
         stop_and_remove(engine, result.container_id)
     assert not _containers(engine, image.id)
+
+
+def test_env_values_are_name_equals_value() -> None:
+    assert parse_env(["A=1", "B_2=x=y", "C="]) == (("A", "1"), ("B_2", "x=y"), ("C", ""))
+    for bad in ("NOVALUE", "=1", "1A=2", "A-B=1"):
+        with pytest.raises(OptionError, match=re.escape(repr(bad))) as caught:
+            parse_env(["OK=1", bad])
+        assert caught.value.option == "env"
+
+
+def test_cli_names_the_env_flag_of_a_bad_value() -> None:
+    done = subprocess.run([sys.executable, "-m", "imgbuild", "load-and-run", "/nonexistent", "--env", "oops"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2 and "--env 'oops' is not NAME=VALUE" in done.stderr
 
 
 @pytest.mark.parametrize("json_mode", [False, True], ids=["text", "json"])

@@ -28,7 +28,7 @@ from imgbuild.foundation.errors import UsageError
 from imgbuild.parity.damage import describe
 from imgbuild.restore.layer_content import ContentSummary
 from imgbuild.restore.load import LoadOptions, LoadResult, VolumeRequest, load_set
-from imgbuild.restore.run import RunOptions, RunResult, load_and_run
+from imgbuild.restore.run import RunOptions, RunResult, load_and_run, parse_env
 from imgbuild.restore.verify import VerifyOptions, VerifyReport, verify_set
 from imgbuild.setformat import layout
 
@@ -153,6 +153,8 @@ def load_and_run_command(
         = False,
         cpus: Annotated[float | None, typer.Option("--cpus", help="CPU limit, e.g. 1.5.")] = None,
         memory: Annotated[str | None, typer.Option("--memory", help="Memory limit, e.g. 4g.")] = None,
+        env: Annotated[list[str] | None, typer.Option(
+            "--env", "-e", help="NAME=VALUE for the service, over the recipe's serve env; repeatable.")] = None,
         health_timeout: Annotated[float | None, typer.Option(
             "--health-timeout", help="Seconds to wait for the health check (default: the recipe's).")] = None,
         prompt: PromptOpt = False, force: ForceOpt = False, refuse_devices: RefuseDevicesOpt = False,
@@ -162,7 +164,7 @@ def load_and_run_command(
     load_options = LoadOptions(catalog=manifest, ask_volume=ask_volume if prompt else None, set_id=set_id,
                                force=force, refuse_devices=refuse_devices, whole_archive=whole_archive)
     run_options = RunOptions(image=image, bind=bind, port=port, cpus=cpus, memory=memory, detach=detach,
-                             health_timeout=health_timeout)
+                             health_timeout=health_timeout, env=parse_env(env or []))
 
     def ready(result: RunResult) -> None:
         # --json prints one document, the final result (it holds the URL too); the URL is news now, so the

@@ -138,7 +138,7 @@ REMEDY_HINTS = {
 }
 # The flag of each options field an OptionError names.
 OPTION_FLAGS = {"engine": "--engine", "media": "--media", "level": "--level", "source": "--source", "tags": "--tag",
-                "layer_format": "--layer-format", "replicas": "--replicas"}
+                "layer_format": "--layer-format", "replicas": "--replicas", "env": "--env"}
 
 
 def message_of(exc: ImgbuildError) -> str:

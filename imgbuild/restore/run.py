@@ -9,6 +9,7 @@ model server is for this machine unless the user decides to share it.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 
 from imgbuild.discs.locate import LocatedSet, locate_set
 from imgbuild.engine.connect import Engine
-from imgbuild.foundation.errors import LoadError, RecipeError, Remedy, UsageError
+from imgbuild.foundation.errors import LoadError, OptionError, RecipeError, Remedy, UsageError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe.loader import parse_recipe_text
 from imgbuild.recipe.model import Recipe, Serve
@@ -46,6 +47,21 @@ class RunOptions:
     detach: bool = False
     health_timeout: float | None = None
     name: str | None = None
+    env: tuple[tuple[str, str], ...] = ()  # (NAME, VALUE) over the recipe's serve env, in order
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def parse_env(values: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """NAME=VALUE strings -> pairs; OptionError("env") naming the first that is not one."""
+    pairs = []
+    for value in values:
+        name, sep, rest = value.partition("=")
+        if not sep or not _ENV_NAME.fullmatch(name):
+            raise OptionError("env", f"{value!r} is not NAME=VALUE (NAME: letters, digits and _, not first a digit)")
+        pairs.append((name, rest))
+    return tuple(pairs)
 
 
 @dataclass(frozen=True)
@@ -168,7 +184,7 @@ def start_service(engine: Engine, image: Image, serve: Serve, options: RunOption
     container_port = f"{serve.port}/tcp"
     host_port = serve.port if options.port is None else (options.port or None)
     kwargs: dict[str, Any] = {
-        "ports": {container_port: (options.bind, host_port)}, "environment": dict(serve.env),
+        "ports": {container_port: (options.bind, host_port)}, "environment": {**serve.env, **dict(options.env)},
         "labels": {RUN_LABEL: image.id}, "name": options.name,
     }
     if options.cpus is not None:
