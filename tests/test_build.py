@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from imgbuild.build.bootstrap import ROOTFS_KEY_LABEL, import_rootfs
 from imgbuild.build.build import BuildOptions, build_recipe
 from imgbuild.build.context import (
     APP_DIR,
@@ -26,6 +28,7 @@ from imgbuild.build.context import (
     with_registry,
 )
 from imgbuild.engine.images import find_image, image_labels
+from imgbuild.foundation.cachedir import default_cache_dir
 from imgbuild.foundation.errors import BuildFailed
 from imgbuild.recipe.loader import load_recipe
 
@@ -292,3 +295,29 @@ def test_host_defaults_fill_only_unset_mirrors(tmp_path: Path, monkeypatch: pyte
     assert mirrors.find_links_dirs == ()  # host wheels are not copied into every build unasked
     assert mirrors.ca_files == (tmp_path / "host-ca.pem",)
     assert resolve_mirrors(load_recipe(tmp_path / "r.yaml", env={}), host_defaults=False).ca_files == ()
+
+
+@pytest.mark.newer_engines
+def test_bootstrap_import_runs_and_leaves_no_copy_behind(engine, bookworm_image: str, unique_tag,  # type: ignore[no-untyped-def]
+                                                        cleanup) -> None:
+    """The rootfs becomes a one-layer image with the labels and command asked for, that runs; on Podman
+    (loaded as a docker-archive) the same rootfs gives the same id, and nothing is left in the engine's
+    temporary folder (Podman 4.3's import endpoint leaves a copy of every upload there)."""
+    key = image_labels(find_image(engine, bookworm_image))[ROOTFS_KEY_LABEL]
+    rootfs = default_cache_dir() / "rootfs" / f"{key}.tar"
+    temporary = Path("/var/tmp")
+    before = set(temporary.iterdir()) if temporary.is_dir() else set()
+    tags = [cleanup.image(unique_tag("import-a")), cleanup.image(unique_tag("import-b"))]
+    ids = [import_rootfs(engine, rootfs, tag, {"org.imgbuild.test": "import"}) for tag in tags]
+    left = {p for p in (set(temporary.iterdir()) if temporary.is_dir() else set()) - before
+            if p.name.startswith("api_load.tar")}
+    assert not left, f"{engine.kind} left {sorted(map(str, left))}"
+    details = engine.api.inspect_image(tags[0])
+    assert details["Id"] == ids[0] or details["Id"] == ids[0].removeprefix("sha256:")
+    assert details["Config"]["Labels"]["org.imgbuild.test"] == "import"
+    assert details["Config"]["Cmd"] == ["/bin/sh"]
+    assert details["RootFS"]["Layers"] == ["sha256:" + hashlib.sha256(rootfs.read_bytes()).hexdigest()]
+    if engine.kind == "podman":
+        assert ids[0] == ids[1]
+    out = engine.client.containers.run(tags[1], ["python3", "-c", "print(6 * 7)"], remove=True)
+    assert out.strip() == b"42"

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.foundation.errors import ArchiveError, ChecksumMismatch, LoadError, ManifestError
-from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.restore.load import LoadOptions, VolumeRequest, load_set
 from imgbuild.setformat.manifest import Image, SetManifest
 from tests.support.restore_sets import (

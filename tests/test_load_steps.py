@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 
 from imgbuild.cli import app
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.engine.image_ids import image_store
 from imgbuild.foundation.errors import ChecksumMismatch, LoadError
 from imgbuild.foundation.progress import ProgressEvent
-from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, docker_archive
 from imgbuild.restore.load import LoadOptions, load_set
 from imgbuild.restore.load_steps import STEP_LABEL, _plan
 from imgbuild.setformat.manifest import SetManifest

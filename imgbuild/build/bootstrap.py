@@ -14,19 +14,23 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import docker.errors
 
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.docker_archive import ArchiveImage, ArchiveLayer, docker_archive, post_archive
 from imgbuild.engine.images import find_image, image_labels, split_tag
 from imgbuild.foundation.cachedir import default_cache_dir
-from imgbuild.foundation.errors import BuildFailed, EngineError, UsageError
+from imgbuild.foundation.errors import BuildFailed, EngineError, LoadError, UsageError
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
 from imgbuild.recipe.model import Bootstrap
 
 ROOTFS_KEY_LABEL = "org.imgbuild.rootfs-key"
+ROOTFS_CMD = ["/bin/sh"]
 LOG_TAIL_LINES = 30
 
 
@@ -114,7 +118,20 @@ def import_rootfs(engine: Engine, rootfs: Path, tag: str, labels: dict[str, str]
     """Import a rootfs tar as an image, tag it, return its id. The tar is streamed, not read into memory."""
     task = f"import {tag}"
     progress(ProgressEvent(task=task, message=f"importing {rootfs.name} into {engine.kind} as {tag}"))
-    changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()] + ['CMD ["/bin/sh"]']
+    if engine.kind == "podman":
+        image_id = _load_rootfs(engine, rootfs, labels)
+    else:
+        image_id = _import_rootfs(engine, rootfs, labels)
+    # Podman ignores the repository/tag of an import, so tag explicitly on both engines.
+    repo, version = split_tag(tag)
+    engine.api.tag(image_id, repo, version)
+    progress(ProgressEvent(task=task, finished=True))
+    return image_id
+
+
+def _import_rootfs(engine: Engine, rootfs: Path, labels: dict[str, str]) -> str:
+    """Docker Engine: its import endpoint (`docker import`), with the labels and command as changes."""
+    changes = [f"LABEL {k}={json.dumps(v)}" for k, v in labels.items()] + [f"CMD {json.dumps(ROOTFS_CMD)}"]
     try:
         with open(rootfs, "rb") as data:
             answer = engine.api.import_image_from_data(data, changes=changes)
@@ -132,11 +149,39 @@ def import_rootfs(engine: Engine, rootfs: Path, tag: str, labels: dict[str, str]
                 image_id = value
     if image_id is None:
         raise EngineError(f"{engine.host}: import of {rootfs} gave no image id: {answer!r:.300}")
-    # Podman ignores the repository/tag of an import, so tag explicitly on both engines.
-    repo, version = split_tag(tag)
-    engine.api.tag(image_id, repo, version)
-    progress(ProgressEvent(task=task, finished=True))
     return image_id
+
+
+def _load_rootfs(engine: Engine, rootfs: Path, labels: dict[str, str]) -> str:
+    """Podman: the rootfs as the one layer of a docker-archive, through the load endpoint. (Podman 4.3's
+    import endpoint copies every upload into the service's temporary folder and never removes the copy.)
+
+    The image config is written here as an import makes it (the labels and the command, no environment),
+    with the rootfs file's time as the creation time, so the same rootfs loads as the same id."""
+    digest = hashlib.sha256()
+    with open(rootfs, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    diff_id = "sha256:" + digest.hexdigest()
+    size = rootfs.stat().st_size
+    created = datetime.fromtimestamp(int(rootfs.stat().st_mtime), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config = json.dumps({
+        "architecture": engine.api.version().get("Arch") or "amd64", "os": "linux", "created": created,
+        "config": {"Cmd": ROOTFS_CMD, "Labels": labels},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": created, "created_by": f"imgbuild bootstrap: {rootfs.name}"}],
+    }, sort_keys=True, separators=(",", ":")).encode()
+
+    def chunks() -> Iterator[bytes]:
+        with open(rootfs, "rb") as f:
+            yield from iter(lambda: f.read(1 << 20), b"")
+
+    layer = ArchiveLayer(diff_id=diff_id, size=size, open=chunks)
+    try:
+        post_archive(engine, docker_archive([ArchiveImage(config, (diff_id,))], {diff_id: layer}))
+    except LoadError as exc:
+        raise EngineError(f"{engine.host}: import of {rootfs} failed: {exc}") from exc
+    return "sha256:" + hashlib.sha256(config).hexdigest()
 
 
 def bootstrap_image(engine: Engine, spec: Bootstrap, options: BootstrapOptions,

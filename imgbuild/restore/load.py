@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,11 +30,18 @@ from imgbuild.discs.locate import LocatedSet, identify_volume, locate_set, open_
 from imgbuild.discs.readahead import CHUNK_SIZE, FileChunk, FileEnd, FileStart, HashedReadAhead
 from imgbuild.discs.sources import VolumeFile, VolumeSource
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.docker_archive import ArchiveImage, ArchiveLayer, post_archive
 from imgbuild.engine.image_ids import describe, find_set_image
-from imgbuild.foundation.errors import (ArchiveError, ChecksumMismatch, FileFault, LoadError, Remedy, UsageError,
-                                       VolumeFileError)
+from imgbuild.foundation.errors import (
+    ArchiveError,
+    ChecksumMismatch,
+    FileFault,
+    LoadError,
+    Remedy,
+    UsageError,
+    VolumeFileError,
+)
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
-from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer
 from imgbuild.restore.layer_content import ContentSummary, TarScanner, summarize
 from imgbuild.restore.load_checks import check_configs, check_docker_manifest, tag_conflicts
 from imgbuild.restore.load_steps import send_images
@@ -136,7 +143,7 @@ def load_located(engine: Engine, located: LocatedSet, options: LoadOptions = Loa
         read_order = [(layer.diff_id, layer.compressed_size) for layer in stream.layers]
         try:
             uploads = send_images(engine, manifest.set_id, archive_images, read_order, stream.archive_layers,
-                                  lambda body: _post_load(engine, body), options.whole_archive, options.step_bytes)
+                                  lambda body: post_archive(engine, body), options.whole_archive, options.step_bytes)
         finally:
             stream.close()
         for image in to_load:
@@ -201,16 +208,6 @@ def read_config(located: LocatedSet, image: Image) -> bytes:
             return data
         reasons.append(f"{source.shown(image.config.path)}: sha256 differs from the manifest")
     raise LoadError(f"no good copy of {image.config.path} (image {image.id}): " + "; ".join(reasons or ["no volume"]))
-
-
-def _post_load(engine: Engine, body: Iterable[bytes]) -> None:
-    try:
-        for line in engine.api.load_image(body):
-            if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):
-                message = line.get("error") or line["errorDetail"].get("message", "")
-                raise LoadError(f"{describe(engine)} refused the images: {message}")
-    except docker.errors.APIError as exc:
-        raise LoadError(f"{describe(engine)} refused the images: {exc.explanation or exc}") from exc
 
 
 def engine_ref(engine: Engine, ref: str) -> str:

@@ -47,9 +47,9 @@ from dataclasses import dataclass
 import docker.errors
 
 from imgbuild.engine.connect import Engine
+from imgbuild.engine.docker_archive import ArchiveImage, ArchiveLayer, DockerArchive, docker_archive
 from imgbuild.engine.image_ids import describe, image_store
 from imgbuild.foundation.errors import LoadError
-from imgbuild.restore.docker_archive import ArchiveImage, ArchiveLayer, DockerArchive, docker_archive
 
 STEP_LABEL = "org.imgbuild.load-step"
 # Steps are at least MIN_STEP_BYTES of volume data (half a second at an optical drive's 35 MB/s, which hides

@@ -21,6 +21,10 @@ import tarfile
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 
+import docker.errors
+
+from imgbuild.engine.connect import Engine
+from imgbuild.engine.image_ids import describe
 from imgbuild.foundation.errors import LoadError
 
 BLOCK = 512
@@ -163,3 +167,14 @@ def _member_stream(name: str, layer: ArchiveLayer) -> Iterator[bytes]:
     pad = padding(layer.size)
     if pad:
         yield pad
+
+
+def post_archive(engine: Engine, body: Iterable[bytes]) -> None:
+    """POST /images/load with ``body``; LoadError with the engine's words when it refuses the images."""
+    try:
+        for line in engine.api.load_image(body):
+            if isinstance(line, dict) and (line.get("error") or line.get("errorDetail")):
+                message = line.get("error") or line["errorDetail"].get("message", "")
+                raise LoadError(f"{describe(engine)} refused the images: {message}")
+    except docker.errors.APIError as exc:
+        raise LoadError(f"{describe(engine)} refused the images: {exc.explanation or exc}") from exc
