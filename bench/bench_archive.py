@@ -53,9 +53,10 @@ def torch_wheel() -> Path:
 
 
 def build_image(engine: Engine, weights_mb: int, *, tag: str = TAG, base_tag: str = BASE_TAG, seed: int = 0,
-                salt: str | None = None, weights_layers: int = 1, wheel: bool = True) -> None:
+                salt: str | None = None, weights_layers: int = 1, wheel: bool = True, app_mb: int = 0) -> None:
     """The benchmark image: bookworm + python3, the torch wheel unpacked, ``weights_mb`` of float32 weights
-    in ``weights_layers`` files, one layer each.
+    in ``weights_layers`` files, one layer each, and with ``app_mb`` a last layer of that many MB of app
+    files on top (a recipe's app code, voices and serve script come last, after its checkpoints).
 
     Other benchmarks pass their own tags, a weights ``seed`` and a ``salt`` file when their layers must not
     be shared with this benchmark's image. ``wheel=False`` leaves torch out (a small image for quick runs).
@@ -84,8 +85,15 @@ def build_image(engine: Engine, weights_mb: int, *, tag: str = TAG, base_tag: st
             with open(context / name, "wb") as fh:
                 for _ in range(weights_mb // 16 // len(names)):  # trained weights look like small normal values
                     fh.write((rng.standard_normal(4 * 1024 * 1024, dtype=np.float32) * 0.02).tobytes())
+        app = ""
+        if app_mb:
+            (context / "app").mkdir()
+            for n in range(app_mb):
+                (context / "app" / f"part-{n}.bin").write_bytes(rng.bytes(1 << 20))
+            app = "COPY app/ /app/\n"
         (context / "Containerfile").write_text(
-            f"FROM {base_tag}\nCOPY site/ {SITE}/\n" + "".join(f"COPY {name} /models/{name}\n" for name in names))
+            f"FROM {base_tag}\nCOPY site/ {SITE}/\n" + "".join(f"COPY {name} /models/{name}\n" for name in names)
+            + app)
         print(f"building {tag} ...", file=sys.stderr)
         for line in engine.api.build(path=ctx, dockerfile="Containerfile", tag=tag, rm=True, decode=True):
             if "error" in line:

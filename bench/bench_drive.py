@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--engine", default="podman", choices=["podman", "docker"])
     parser.add_argument("--host", default=None, help="engine URL; default IMGBUILD_TEST_<ENGINE>_HOST")
     parser.add_argument("--weights-mb", type=int, default=704)
+    parser.add_argument("--app-mb", type=int, default=0,
+                        help="a last layer of this many MB on top of the weights, as a recipe's app files")
     parser.add_argument("--rate-mb", type=float, default=35.0, help="read rate of the drive, MB/s")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--whole", action="store_true", help="also time load --whole-archive")
@@ -68,8 +70,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-drive-", dir=os.environ.get("BENCH_TMP")) as tmp, \
             connect(args.engine, host) as engine:
         work = Path(tmp)
-        bench_archive.build_image(engine, args.weights_mb, tag=TAG, base_tag=BASE_TAG, weights_layers=3)
-        result = archive(engine, [TAG], ArchiveOptions(out=work / "set", media="bd25", catalog=work / "catalog"))
+        tag = TAG if not args.app_mb else TAG.replace(":1", f"-app{args.app_mb}:1")
+        bench_archive.build_image(engine, args.weights_mb, tag=tag, base_tag=BASE_TAG, weights_layers=3,
+                                  app_mb=args.app_mb)
+        result = archive(engine, [tag], ArchiveOptions(out=work / "set", media="bd25", catalog=work / "catalog"))
         size = sum(f.stat().st_size for f in (work / "set").rglob("*") if f.is_file())
         print(f"set: {size / 1e6:.0f} MB on {len(result.volumes)} volume(s); drive {args.rate_mb} MB/s",
               file=sys.stderr)
@@ -94,14 +98,14 @@ def main() -> None:
                     if name == "read":
                         times[name].append(throttled(f"cat {files}"))
                     else:
-                        engine.api.remove_image(TAG, force=True)
+                        engine.api.remove_image(tag, force=True)
                         whole = " --whole-archive" if name == "whole" else ""
                         times[name].append(throttled(f"{imgbuild} load {mount / 'set'} {engine_flags}{whole} --json"))
         finally:
             subprocess.run(["umount", str(mount)], check=False)
             subprocess.run(["losetup", "-d", loop], check=False)
             CGROUP.rmdir()
-            for ref in (TAG, BASE_TAG):
+            for ref in (tag, BASE_TAG):
                 try:
                     engine.api.remove_image(ref, force=True)
                 except Exception:  # noqa: BLE001 - already gone
