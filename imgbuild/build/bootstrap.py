@@ -21,6 +21,7 @@ from pathlib import Path
 
 import docker.errors
 
+from imgbuild.checkpoints.download import hash_file
 from imgbuild.engine.connect import Engine
 from imgbuild.engine.docker_archive import ArchiveImage, ArchiveLayer, docker_archive, post_archive
 from imgbuild.engine.images import find_image, image_labels, split_tag
@@ -158,13 +159,9 @@ def _load_rootfs(engine: Engine, rootfs: Path, labels: dict[str, str]) -> str:
 
     The image config is written here as an import makes it (the labels and the command, no environment),
     with the rootfs file's time as the creation time, so the same rootfs loads as the same id."""
-    digest = hashlib.sha256()
-    with open(rootfs, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    diff_id = "sha256:" + digest.hexdigest()
-    size = rootfs.stat().st_size
-    created = datetime.fromtimestamp(int(rootfs.stat().st_mtime), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    diff_id = "sha256:" + hash_file(rootfs, "sha256")
+    stat = rootfs.stat()
+    created = datetime.fromtimestamp(int(stat.st_mtime), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     config = json.dumps({
         "architecture": engine.api.version().get("Arch") or "amd64", "os": "linux", "created": created,
         "config": {"Cmd": ROOTFS_CMD, "Labels": labels},
@@ -176,7 +173,7 @@ def _load_rootfs(engine: Engine, rootfs: Path, labels: dict[str, str]) -> str:
         with open(rootfs, "rb") as f:
             yield from iter(lambda: f.read(1 << 20), b"")
 
-    layer = ArchiveLayer(diff_id=diff_id, size=size, open=chunks)
+    layer = ArchiveLayer(diff_id=diff_id, size=stat.st_size, open=chunks)
     try:
         post_archive(engine, docker_archive([ArchiveImage(config, (diff_id,))], {diff_id: layer}))
     except LoadError as exc:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .cpu import physical_cores
+from .fish_engine import PRECISIONS
 from .state import ENGINES, ServerConfig
 
 
@@ -62,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ServerConfig, argparse.Na
     p.add_argument("--max-chars", type=int, default=4096, help="Longest text accepted.")
     p.add_argument("--queue-size", type=int, default=8, help="Requests running or waiting; more get 429.")
     p.add_argument("--timeout", type=float, default=300.0, help="Seconds a request may wait and run.")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "int8"), default="auto",
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
                    help="fishspeech: auto picks bf16 only on CPUs with native bf16 where it measures faster; "
                    "int8 quantizes the generator's linear layers (faster, changes its numbers).")  # fmt: skip
     p.add_argument("--no-preencode", action="store_true", help="Encode references on first use, not at start.")
