@@ -157,11 +157,11 @@ def _load_rootfs(engine: Engine, rootfs: Path, labels: dict[str, str]) -> str:
     """Podman: the rootfs as the one layer of a docker-archive, through the load endpoint. (Podman 4.3's
     import endpoint copies every upload into the service's temporary folder and never removes the copy.)
 
-    The image config is written here as an import makes it (the labels and the command, no environment),
-    with the rootfs file's time as the creation time, so the same rootfs loads as the same id."""
+    The image config is written here as an import makes it: the labels and the command, no environment, and
+    the time of the import as its creation time, so each import is an image of its own (two bootstraps of
+    one rootfs under different tags do not become one image carrying both tags)."""
     diff_id = "sha256:" + hash_file(rootfs, "sha256")
-    stat = rootfs.stat()
-    created = datetime.fromtimestamp(int(stat.st_mtime), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     config = json.dumps({
         "architecture": engine.api.version().get("Arch") or "amd64", "os": "linux", "created": created,
         "config": {"Cmd": ROOTFS_CMD, "Labels": labels},
@@ -173,7 +173,7 @@ def _load_rootfs(engine: Engine, rootfs: Path, labels: dict[str, str]) -> str:
         with open(rootfs, "rb") as f:
             yield from iter(lambda: f.read(1 << 20), b"")
 
-    layer = ArchiveLayer(diff_id=diff_id, size=stat.st_size, open=chunks)
+    layer = ArchiveLayer(diff_id=diff_id, size=rootfs.stat().st_size, open=chunks)
     try:
         post_archive(engine, docker_archive([ArchiveImage(config, (diff_id,))], {diff_id: layer}))
     except LoadError as exc:
