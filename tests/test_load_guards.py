@@ -140,6 +140,7 @@ def test_load_reports_device_nodes_and_refuse_devices_loads_nothing(engine: Engi
     import io
     import tarfile
 
+    from tests.support.import_tar import import_tar
     from tests.support.restore_sets import make_set, remove_images, unique_prefix
 
     buffer = io.BytesIO()
@@ -151,9 +152,7 @@ def test_load_reports_device_nodes_and_refuse_devices_loads_nothing(engine: Engi
         setuid.size, setuid.mode = 4, 0o4755
         tar.addfile(setuid, io.BytesIO(b"#!/\n"))
     tag = unique_prefix("devices") + ":1"
-    reply = engine.api.import_image_from_data(buffer.getvalue())
-    last = json.loads(reply.strip().splitlines()[-1]) if isinstance(reply, str) else reply
-    engine.api.tag(last.get("status") or last.get("id"), *tag.rsplit(":", 1))
+    import_tar(engine, buffer.getvalue(), tag)
     try:
         result = make_set(engine, [tag], tmp_path / "set", 4_000_000)
     finally:

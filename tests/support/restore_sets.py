@@ -25,6 +25,7 @@ from imgbuild.engine.connect import Engine, connect
 from imgbuild.engine.image_ids import image_store
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import Image, SetManifest, dump_manifest, parse_manifest
+from tests.support.import_tar import import_tar
 
 HOST_VARS = {"podman": "IMGBUILD_TEST_PODMAN_HOST", "docker": "IMGBUILD_TEST_DOCKER_HOST"}
 SERVE = {"port": 8080, "command": ["python3", "-m", "http.server", "8080", "-d", "/srv"],
@@ -59,11 +60,7 @@ def random_images(engine: Engine, prefix: str) -> tuple[str, str]:
     """
     base = f"{prefix}-base:1"
     app = f"{prefix}-app:1"
-    repository, tag = base.rsplit(":", 1)
-    answer = engine.api.import_image_from_data(tar_bytes({"data/base.bin": os.urandom(3_000_000)}))
-    # Podman's compatible import ignores the tag parameter: tag the id it reports instead.
-    image_id = json.loads(answer.strip().splitlines()[-1])["status"]
-    engine.api.tag(image_id, repository, tag)
+    import_tar(engine, tar_bytes({"data/base.bin": os.urandom(3_000_000)}), base)
     build(engine, app, f"FROM {base}\nCOPY app.bin /data/app.bin\nCMD [\"/bin/true\"]\n",
           {"app.bin": os.urandom(1_500_000)})
     return base, app

@@ -95,14 +95,12 @@ def import_random_image(engine: object, tag: str, size: int) -> str:
     import io
     import tarfile
 
+    from tests.support.import_tar import import_tar
+
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         info = tarfile.TarInfo("data/blob.bin")
         info.size = size
         tar.addfile(info, io.BytesIO(os.urandom(size)))
-    reply = engine.api.import_image_from_data(buffer.getvalue())  # type: ignore[attr-defined]
-    last = json.loads(reply.strip().splitlines()[-1]) if isinstance(reply, str) else reply
-    image_id = last.get("status") or last.get("id")
-    repo, version = tag.rsplit(":", 1)
-    engine.api.tag(image_id, repo, version)  # type: ignore[attr-defined]
+    import_tar(engine, buffer.getvalue(), tag)  # type: ignore[arg-type]
     return str(engine.api.inspect_image(tag)["Id"])  # type: ignore[attr-defined]
