@@ -18,13 +18,16 @@ import time
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from imgbuild.archive.archive import ArchiveOptions, archive
+from imgbuild.archive.layer_pipeline import LayerArchiver, LayerCompression
 from imgbuild.archive.save_stream import read_save_stream
 from imgbuild.archive.volume_writer import VolumeWriter, file_cost
 from imgbuild.engine.connect import Engine
 from imgbuild.foundation.atomicfile import disk_errors
 from imgbuild.foundation.errors import DiskFull
+from imgbuild.foundation.progress import no_progress
 from imgbuild.restore.verify import VerifyOptions, verify_set
 from imgbuild.setformat import layout
 from imgbuild.setformat.manifest import parse_manifest
@@ -121,6 +124,45 @@ def test_save_stream_reader_reads_long_names(fmt: int) -> None:
         b"".join(chunks)).hexdigest())
     assert saved.layer_diff_id(f"{long_dir}/link.tar") == "sha256:" + hashlib.sha256(b"\0" * 1024).hexdigest()
     assert saved.small_files["manifest.json"] == b"[]"
+
+
+def test_each_layer_is_one_zstd_frame_in_the_mode_that_costs_it_least(tmp_path: Path) -> None:
+    """Random bytes (as float weights: barely compressible) go through zstd's one-thread stream, code through
+    its worker threads; either way a layer's parts join into one zstd frame of the layer's bytes."""
+    compression = LayerCompression(level=3, long=False, threads=2)
+    chosen = []
+    pick = compression.for_layer
+
+    def spy(first: memoryview) -> zstandard.ZstdCompressor:
+        chosen.append(pick(first))
+        return chosen[-1]
+
+    compression.for_layer = spy  # type: ignore[method-assign]
+    writer = VolumeWriter(tmp_path, "0123456789abcdef", 64 * 1024 * 1024)
+    archiver = LayerArchiver(writer, compression, no_progress, "test", None)
+    layers = {"weights.tar": os.urandom(3_000_000),
+              "code.tar": b"".join(f"def f{n}(x):\n    return x * {n}\n".encode() for n in range(120_000))}
+    try:
+        for name, data in layers.items():
+            archiver(name, len(data), (memoryview(data)[i:i + (1 << 20)] for i in range(0, len(data), 1 << 20)))
+    finally:
+        archiver.close()
+    assert compression.single is not compression.threaded
+    assert chosen == [compression.single, compression.threaded]
+    for layer, data in zip(archiver.layers, layers.values()):
+        assert layer.diff_id == "sha256:" + hashlib.sha256(data).hexdigest()
+        stream = b"".join((writer.volumes[part.volume - 1].staging / part.path).read_bytes() for part in layer.parts)
+        assert zstandard.get_frame_parameters(stream).content_size == len(data)
+        reader = zstandard.ZstdDecompressor().decompressobj()
+        assert reader.decompress(stream) == data
+        assert reader.eof and not reader.unused_data  # one frame, nothing after it
+    assert len(layers["code.tar"]) > 3 * archiver.layers[1].compressed_size
+
+
+def test_one_thread_compression_is_used_for_every_layer_when_asked() -> None:
+    compression = LayerCompression(level=3, long=False, threads=0)
+    assert compression.for_layer(memoryview(b"text " * 100_000)) is compression.single
+    assert compression.for_layer(memoryview(os.urandom(100_000))) is compression.single
 
 
 # ---------------------------------------------------------------- real engines

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import imgbuild
-from imgbuild.archive.layer_pipeline import LONG_WINDOW_LOG, LayerArchiver, make_compressor
+from imgbuild.archive.layer_pipeline import LONG_WINDOW_LOG, LayerArchiver, LayerCompression
 from imgbuild.archive.save_stream import SavedArchive, read_save_stream
 from imgbuild.archive.sources import ResolvedSources, resolve_sources
 from imgbuild.archive.storage_source import StorageUnavailable, open_store, read_images
@@ -179,8 +179,8 @@ def _with_isos(result: ArchiveResult, manifest: SetManifest, options: ArchiveOpt
 def _write_set(engine: Engine, resolved: ResolvedSources, writer: VolumeWriter, profile: str, capacity: int,
                options: ArchiveOptions, progress: ProgressCallback) -> tuple[SetManifest, dict[str, Any]]:
     task = f"archive {writer.set_id}"
-    compressor = make_compressor(options.level, options.long, options.threads)
-    archiver = LayerArchiver(writer, compressor, progress, task, resolved.total_size)
+    compression = LayerCompression(options.level, options.long, options.threads)
+    archiver = LayerArchiver(writer, compression, progress, task, resolved.total_size)
     progress(ProgressEvent(task=task, done=0, total=resolved.total_size))
     try:
         saved, read = _read_layers(engine, resolved, archiver, options.source, progress, task)

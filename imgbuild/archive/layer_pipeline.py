@@ -1,10 +1,11 @@
 """One layer of a save stream -> sha256 (its diff id) and zstd -> the volume writer, in parallel stages.
 
 The three kinds of work run at the same time on different chunks: hashing the uncompressed bytes (a
-background thread), compressing them (this thread hands chunks to zstd's worker threads) and writing and
-hashing the compressed bytes (another background thread). hashlib, zstd and file writes all release the
-GIL, so on a machine with few cores the stages overlap instead of taking turns; each stage keeps its order
-and holds at most a few chunks, so memory stays bounded.
+background thread), compressing them (in this thread, or handed to zstd's worker threads: LayerCompression
+picks the mode that costs the layer least CPU) and writing and hashing the compressed bytes (another
+background thread). hashlib, zstd and file writes all release the GIL, so on a machine with few cores the
+stages overlap instead of taking turns; each stage keeps its order and holds at most a few chunks, so
+memory stays bounded.
 
 Layers are keyed by their diff id: one that the set already holds is not stored again (Podman names layer
 members by diff id, so such a layer is only read past and checked; otherwise its parts are written, then
@@ -73,13 +74,42 @@ def make_compressor(level: int, long: bool, threads: int) -> zstandard.ZstdCompr
     return zstandard.ZstdCompressor(compression_params=params)
 
 
+class LayerCompression:
+    """zstd at the set's level and window, in whichever of zstd's two modes costs less CPU for the layer.
+
+    zstd's worker threads compress each job from a buffer of its own; its one-thread stream compresses
+    through a ring buffer, and matches that cross its wrap take a slower path. On layers that compress well
+    (libraries, code) the worker threads therefore cost less CPU in all, on layers that barely compress
+    (float weights) the one-thread stream does, and a pipeline on few cores goes as fast as its CPU time
+    allows. Measured on a torch wheel layer (676 MiB, to 22 %): 3.8 s of CPU with two workers, 5.2 s in one
+    thread; on a 224 MiB weights layer (to 92 %): 1.06 s against 0.80 s. The first MiB of each layer,
+    compressed at level 1, says which kind it is. Both modes write the same format, a single zstd frame.
+    """
+
+    PROBE = 1024 * 1024
+    INCOMPRESSIBLE = 0.8  # a first MiB that zstd -1 shrinks less than this: the layer barely compresses
+
+    def __init__(self, level: int, long: bool, threads: int) -> None:
+        self.threaded = make_compressor(level, long, threads)
+        self.single = make_compressor(level, long, 0) if threads != 0 else self.threaded
+        self._probe = zstandard.ZstdCompressor(level=1)
+
+    def for_layer(self, first: memoryview) -> zstandard.ZstdCompressor:
+        """The compressor for a layer whose stream begins with ``first``."""
+        sample = first[:self.PROBE]
+        if self.single is self.threaded or not len(sample):
+            return self.threaded
+        barely = len(self._probe.compress(sample)) > self.INCOMPRESSIBLE * len(sample)
+        return self.single if barely else self.threaded
+
+
 class LayerArchiver:
     """The save stream reader's layer consumer: stores each distinct layer once, in arrival order."""
 
-    def __init__(self, writer: VolumeWriter, compressor: zstandard.ZstdCompressor, progress: ProgressCallback,
+    def __init__(self, writer: VolumeWriter, compression: LayerCompression, progress: ProgressCallback,
                  task: str, total: int | None) -> None:
         self._writer = writer
-        self._compressor = compressor
+        self._compression = compression
         self._progress = progress
         self._task = task
         self._total = total
@@ -101,15 +131,19 @@ class LayerArchiver:
         number = len(self.layers) + 1
         sink = self._writer.layer(number)
         digest = hashlib.sha256()
-        stream = self._compressor.compressobj(size=size)
+        stream = None
         counted = 0
         try:
             for chunk in chunks:
+                if stream is None:
+                    stream = self._compression.for_layer(chunk).compressobj(size=size)
                 counted += len(chunk)
                 self._hashing.submit(digest.update, chunk)
                 self._writing.submit(sink.write, stream.compress(chunk))
                 self.done += len(chunk)
                 self._progress(ProgressEvent(task=self._task, done=self.done, total=self._total))
+            if stream is None:  # an empty layer
+                stream = self._compression.threaded.compressobj(size=size)
             self._writing.submit(sink.write, stream.flush())
             self._hashing.drain()
             self._writing.drain()
