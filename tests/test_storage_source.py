@@ -30,6 +30,7 @@ from imgbuild.archive.storage_source import (
     StoredLayer,
     layer_chunks,
     open_store,
+    sized_entries,
     tar_size,
     tar_split_entries,
 )
@@ -201,3 +202,16 @@ def test_a_layer_of_many_files_is_read_in_bounded_memory(tmp_path: Path) -> None
         tracemalloc.stop()
     assert (size, count) == (files * (512 + 7), 2 * files)
     assert peak < 4 * 1024 * 1024, f"{peak} bytes at peak"
+
+    # The size pass keeps the entries up to a bound, past which it drops them and memory stays bounded.
+    tracemalloc.start()
+    try:
+        size, kept = sized_entries(layer, keep=2 * 1024 * 1024)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (size, kept) == (files * (512 + 7), None)
+    assert peak < 6 * 1024 * 1024, f"{peak} bytes at peak"
+    size, kept = sized_entries(layer, keep=64 * 1024 * 1024)
+    assert size == files * (512 + 7)
+    assert kept == list(tar_split_entries(layer))
