@@ -281,8 +281,11 @@ class Prefetched:
     """A layer's tar-split read and its chunks produced by a background thread, a bounded number ahead of
     the consumer, so the next layers are read from storage while earlier ones are still being compressed."""
 
-    def __init__(self, layer: StoredLayer, depth: int = 8) -> None:
+    def __init__(self, layer: StoredLayer, depth: int = 8, after: "Prefetched | None" = None) -> None:
         self.layer = layer
+        # The size pass waits for the previous layer's: parsing tar-split is Python work, and two at once
+        # would delay the first layer's start by sharing the interpreter.
+        self._after = after
         self._queue: queue.Queue[bytearray | BaseException | None] = queue.Queue(depth)
         self._size: int | BaseException | None = None
         self._sized = threading.Event()
@@ -299,6 +302,8 @@ class Prefetched:
         return self._size
 
     def _pump(self) -> None:
+        if self._after is not None:
+            self._after._sized.wait()
         try:
             self._size, kept = sized_entries(self.layer)
         except BaseException as exc:
@@ -389,10 +394,12 @@ def _archive_layers(store: LayerStore, layers: list[StoredLayer], archiver: Laye
     """Each layer into the archiver, the next ``ahead`` ones already being read; the diff ids that failed."""
     failed: set[str] = set()
     window: list[Prefetched] = []
+    last: Prefetched | None = None
     try:
         for index, layer in enumerate(layers):
             while len(window) < ahead and index + len(window) < len(layers):
-                window.append(Prefetched(layers[index + len(window)]))
+                last = Prefetched(layers[index + len(window)], after=last)
+                window.append(last)
             current = window.pop(0)
             try:
                 archiver(_member(layer.diff_id), current.size(), iter(current), expected=layer.diff_id)
