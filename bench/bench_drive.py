@@ -11,7 +11,8 @@ one run, alternating:
 
 Goal: load wall time <= 1.05 x read. Needs root (loop devices, mount, cgroups, drop_caches).
 
-    python bench/bench_drive.py [--engine podman|docker] [--rate-mb 35] [--rounds 2] [--whole]
+    python bench/bench_drive.py [--engine podman|docker] [--weights-mb 704] [--weights-layers 3] [--app-mb 0]
+                                [--rate-mb 35] [--rounds 2] [--whole]
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--engine", default="podman", choices=["podman", "docker"])
     parser.add_argument("--host", default=None, help="engine URL; default IMGBUILD_TEST_<ENGINE>_HOST")
     parser.add_argument("--weights-mb", type=int, default=704)
+    parser.add_argument("--weights-layers", type=int, default=3,
+                        help="how many layers (one file each) the weights are spread over")
     parser.add_argument("--app-mb", type=int, default=0,
                         help="a last layer of this many MB on top of the weights, as a recipe's app files")
     parser.add_argument("--rate-mb", type=float, default=35.0, help="read rate of the drive, MB/s")
@@ -70,9 +73,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-drive-", dir=os.environ.get("BENCH_TMP")) as tmp, \
             connect(args.engine, host) as engine:
         work = Path(tmp)
-        tag = TAG if not args.app_mb else TAG.replace(":1", f"-app{args.app_mb}:1")
-        bench_archive.build_image(engine, args.weights_mb, tag=tag, base_tag=BASE_TAG, weights_layers=3,
-                                  app_mb=args.app_mb)
+        app = f"-app{args.app_mb}" if args.app_mb else ""
+        tag = TAG.replace(":1", f"-{args.weights_mb}x{args.weights_layers}{app}:1")
+        bench_archive.build_image(engine, args.weights_mb, tag=tag, base_tag=BASE_TAG,
+                                  weights_layers=args.weights_layers, app_mb=args.app_mb)
         result = archive(engine, [tag], ArchiveOptions(out=work / "set", media="bd25", catalog=work / "catalog"))
         size = sum(f.stat().st_size for f in (work / "set").rglob("*") if f.is_file())
         print(f"set: {size / 1e6:.0f} MB on {len(result.volumes)} volume(s); drive {args.rate_mb} MB/s",
