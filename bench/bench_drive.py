@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--whole", action="store_true", help="also time load --whole-archive")
     args = parser.parse_args()
+    if args.weights_layers < 1:
+        parser.error("--weights-layers must be at least 1")
     if os.geteuid() != 0 or not (CGROUP.parent / "blkio.throttle.read_bps_device").exists():
         sys.exit("needs root and the cgroup v1 blkio controller at /sys/fs/cgroup/blkio")
     host = args.host or os.environ.get(f"IMGBUILD_TEST_{args.engine.upper()}_HOST")

@@ -129,7 +129,7 @@ def test_save_stream_reader_reads_long_names(fmt: int) -> None:
 def test_each_layer_is_one_zstd_frame_in_the_mode_that_costs_it_least(tmp_path: Path) -> None:
     """Random bytes (as float weights: barely compressible) go through zstd's one-thread stream, code through
     its worker threads; either way a layer's parts join into one zstd frame of the layer's bytes."""
-    compression = LayerCompression(level=3, long=False, threads=2)
+    compression = LayerCompression(level=3, long=False, threads=-1, cpus=2)
     chosen = []
     pick = compression.for_layer
 
@@ -159,10 +159,18 @@ def test_each_layer_is_one_zstd_frame_in_the_mode_that_costs_it_least(tmp_path: 
     assert len(layers["code.tar"]) > 3 * archiver.layers[1].compressed_size
 
 
-def test_one_thread_compression_is_used_for_every_layer_when_asked() -> None:
-    compression = LayerCompression(level=3, long=False, threads=0)
-    assert compression.for_layer(memoryview(b"text " * 100_000)) is compression.single
-    assert compression.for_layer(memoryview(os.urandom(100_000))) is compression.single
+def test_one_zstd_mode_serves_every_layer_when_choosing_would_not_pay() -> None:
+    """One thread when asked (threads=0); worker threads for all on more than two CPUs (there a weights
+    layer in one thread would hold the pipeline back) and with --long (each mode would hold its window)."""
+    text, noise = memoryview(b"text " * 100_000), memoryview(os.urandom(100_000))
+    for compression in (LayerCompression(level=3, long=False, threads=0),
+                        LayerCompression(level=3, long=False, threads=-1, cpus=8),
+                        LayerCompression(level=3, long=False, threads=4),
+                        LayerCompression(level=3, long=True, threads=-1, cpus=2)):
+        assert compression.single is compression.threaded
+        assert compression.for_layer(text) is compression.for_layer(noise) is compression.threaded
+    two = LayerCompression(level=3, long=False, threads=2)
+    assert two.for_layer(noise) is two.single is not two.threaded
 
 
 # ---------------------------------------------------------------- real engines

@@ -15,16 +15,19 @@ import hashlib
 import io
 import json
 import tarfile
+import time
 import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from imgbuild.archive import archive as archive_module
+from imgbuild.archive import storage_source as storage_module
 from imgbuild.archive.archive import ArchiveOptions, archive
 from imgbuild.archive.storage_source import (
     LayerStore,
     LayerUnreadable,
+    Prefetched,
     StorageUnavailable,
     StoredImage,
     StoredLayer,
@@ -181,6 +184,49 @@ def test_remote_engines_use_the_save_api(engine: Engine) -> None:
     remote = dataclasses.replace(engine, host="tcp://192.0.2.1:2375")
     with pytest.raises(StorageUnavailable, match="not on this machine"):
         open_store(remote)
+
+
+def _headers_only_layer(folder: Path, name: str, blocks: int) -> StoredLayer:
+    """A layer whose tar-split holds raw tar bytes only (no files to read)."""
+    with gzip.open(folder / f"{name}.tar-split.gz", "wt") as out:
+        for _ in range(blocks):
+            out.write(json.dumps({"type": 2, "payload": base64.b64encode(b"h" * 512).decode()}) + "\n")
+    return StoredLayer("sha256:" + hashlib.sha256(name.encode()).hexdigest(), folder / f"{name}.tar-split.gz", folder)
+
+
+def test_the_next_layers_size_pass_waits_for_the_previous_one(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tar-split parsing is Python work: read ahead, a layer's size pass starts only once the layer before it
+    has its size, so the first layer is not slowed by the next ones."""
+    events: list[tuple[str, str]] = []
+    real = storage_module.sized_entries
+
+    def recorded(layer: StoredLayer, keep: int = storage_module.KEPT_ENTRIES):
+        events.append(("start", layer.diff_id))
+        time.sleep(0.2)
+        found = real(layer, keep)
+        events.append(("end", layer.diff_id))
+        return found
+
+    monkeypatch.setattr(storage_module, "sized_entries", recorded)
+    layers = [_headers_only_layer(tmp_path, f"l{n}", 100 * (n + 1)) for n in range(3)]
+    first = Prefetched(layers[0])
+    second = Prefetched(layers[1], after=first)
+    third = Prefetched(layers[2], after=second)
+    try:
+        assert [third.size(), second.size(), first.size()] == [300 * 512, 200 * 512, 100 * 512]
+        assert b"".join(bytes(chunk) for chunk in first) == b"h" * 512 * 100
+    finally:
+        for prefetched in (first, second, third):
+            prefetched.close()
+    assert events == [(kind, layer.diff_id) for layer in layers for kind in ("start", "end")]
+
+    stopped = Prefetched(layers[0])
+    waiting = Prefetched(layers[1], after=stopped)
+    waiting.close()  # closed while it waits: it reads nothing
+    stopped.close()
+    with pytest.raises(LayerUnreadable, match="stopped"):
+        waiting.size()
 
 
 def test_a_layer_of_many_files_is_read_in_bounded_memory(tmp_path: Path) -> None:

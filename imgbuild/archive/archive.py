@@ -1,7 +1,7 @@
 """`imgbuild archive`: images -> one engine save stream -> layers -> zstd -> volumes that hash as they write.
 
 One save of all images, so a layer shared by several images is read once; each layer is hashed
-(uncompressed, its diff id), compressed by zstd's worker threads and cut into parts by the volume writer,
+(uncompressed, its diff id), compressed by zstd and cut into parts by the volume writer,
 which hashes the compressed bytes as it writes them (imgbuild/archive/layer_pipeline.py runs these stages side by
 side). Nothing is read back. The set id is derived from the
 image ids and the options, so rerunning the same command after an interruption finds the same set: a

@@ -1,8 +1,8 @@
 """One layer of a save stream -> sha256 (its diff id) and zstd -> the volume writer, in parallel stages.
 
 The three kinds of work run at the same time on different chunks: hashing the uncompressed bytes (a
-background thread), compressing them (in this thread, or handed to zstd's worker threads: LayerCompression
-picks the mode that costs the layer least CPU) and writing and hashing the compressed bytes (another
+background thread), compressing them (handed to zstd's worker threads, or on one or two CPUs in this thread
+when that costs the layer less CPU: LayerCompression) and writing and hashing the compressed bytes (another
 background thread). hashlib, zstd and file writes all release the GIL, so on a machine with few cores the
 stages overlap instead of taking turns; each stage keeps its order and holds at most a few chunks, so
 memory stays bounded.
@@ -15,6 +15,7 @@ removed again when its digest turns out to be known).
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -75,23 +76,30 @@ def make_compressor(level: int, long: bool, threads: int) -> zstandard.ZstdCompr
 
 
 class LayerCompression:
-    """zstd at the set's level and window, in whichever of zstd's two modes costs less CPU for the layer.
+    """zstd at the set's level and window; on a machine of one or two CPUs, in whichever of zstd's two modes
+    costs the layer less CPU.
 
     zstd's worker threads compress each job from a buffer of its own; its one-thread stream compresses
     through a ring buffer, and matches that cross its wrap take a slower path. On layers that compress well
     (libraries, code) the worker threads therefore cost less CPU in all, on layers that barely compress
-    (float weights) the one-thread stream does, and a pipeline on few cores goes as fast as its CPU time
-    allows. Measured on a torch wheel layer (676 MiB, to 22 %): 3.8 s of CPU with two workers, 5.2 s in one
-    thread; on a 224 MiB weights layer (to 92 %): 1.06 s against 0.80 s. The first MiB of each layer,
-    compressed at level 1, says which kind it is. Both modes write the same format, a single zstd frame.
+    (float weights) the one-thread stream does. Measured on a torch wheel layer (676 MiB, to 22 %): 3.8 s of
+    CPU with two workers, 5.2 s in one thread; on a 224 MiB weights layer (to 92 %): 1.06 s against 0.80 s.
+    With one or two CPUs the archive is bound by its CPU time, so such a layer goes through the one-thread
+    stream while the hashing and writing stages use the other CPU; with more CPUs, or with ``--long`` (whose
+    128 MiB window each mode would hold), every layer goes through the worker threads. The start of each
+    layer (its first MiB at most), compressed at level 1, says which kind it is. Both modes write the same
+    format, a single zstd frame.
     """
 
     PROBE = 1024 * 1024
-    INCOMPRESSIBLE = 0.8  # a first MiB that zstd -1 shrinks less than this: the layer barely compresses
+    INCOMPRESSIBLE = 0.8  # a start that zstd -1 shrinks less than this: the layer barely compresses
+    FEW_CPUS = 2
 
-    def __init__(self, level: int, long: bool, threads: int) -> None:
+    def __init__(self, level: int, long: bool, threads: int, cpus: int | None = None) -> None:
         self.threaded = make_compressor(level, long, threads)
-        self.single = make_compressor(level, long, 0) if threads != 0 else self.threaded
+        workers = threads if threads > 0 else cpus or _usable_cpus()
+        pick = threads != 0 and not long and workers <= self.FEW_CPUS
+        self.single = make_compressor(level, long, 0) if pick else self.threaded
         self._probe = zstandard.ZstdCompressor(level=1)
 
     def for_layer(self, first: memoryview) -> zstandard.ZstdCompressor:
@@ -101,6 +109,14 @@ class LayerCompression:
             return self.threaded
         barely = len(self._probe.compress(sample)) > self.INCOMPRESSIBLE * len(sample)
         return self.single if barely else self.threaded
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, as a container's or taskset's limit sets it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 class LayerArchiver:

@@ -304,6 +304,11 @@ class Prefetched:
     def _pump(self) -> None:
         if self._after is not None:
             self._after._sized.wait()
+            self._after = None
+        if self._stop.is_set():
+            self._size = LayerUnreadable(f"layer {self.layer.diff_id}: reading it was stopped")
+            self._sized.set()
+            return
         try:
             self._size, kept = sized_entries(self.layer)
         except BaseException as exc:
