@@ -129,13 +129,19 @@ def timed(fn) -> tuple[float, object]:
     return time.monotonic() - start, value
 
 
+def save_response(engine: Engine):
+    """The engine's save API answering for the benchmark image (a streamed HTTP response)."""
+    api = engine.api
+    response = api._get(api._url("/images/get"), params={"names": [TAG]}, stream=True)
+    api._raise_for_status(response)
+    return response
+
+
 def raw_save(engine: Engine) -> tuple[int, float]:
     """(bytes, seconds to the first byte): Podman's API writes the whole archive to a temporary file
     before it sends the first byte, so no reader of its save stream can overlap with that part."""
-    api = engine.api
     start = time.monotonic()
-    response = api._get(api._url("/images/get"), params={"names": [TAG]}, stream=True)
-    api._raise_for_status(response)
+    response = save_response(engine)
     total, first = 0, None
     for chunk in response.iter_content(1024 * 1024):
         if first is None:
@@ -260,11 +266,8 @@ def format_work_cpu(engine: Engine, work: Path) -> float:
     SHA-256 and two SHA-256 passes over the compressed bytes (the part's hash and its block hashes); each
     the best of two tries."""
     saved = work / "save.tar"
-    api = engine.api
-    response = api._get(api._url("/images/get"), params={"names": [TAG]}, stream=True)
-    api._raise_for_status(response)
     with open(saved, "wb") as out:
-        for chunk in response.iter_content(4 * 1024 * 1024):
+        for chunk in save_response(engine).iter_content(CHUNK):
             out.write(chunk)
     total = 0.0
     with tarfile.open(saved) as tar:

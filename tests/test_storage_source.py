@@ -34,7 +34,6 @@ from imgbuild.archive.storage_source import (
     layer_chunks,
     open_store,
     sized_entries,
-    tar_size,
     tar_split_entries,
 )
 from imgbuild.engine.connect import Engine
@@ -97,7 +96,7 @@ def test_every_layer_reassembles_to_its_diff_id(engine: Engine, awkward) -> None
     assert len(stored.layers) >= 3  # the bootstrap rootfs plus the RUN steps (Docker keeps no empty layer)
     names = []
     for layer in stored.layers:
-        size = tar_size(layer)
+        size, _ = sized_entries(layer, keep=0)
         data = b"".join(layer_chunks(layer, tar_split_entries(layer)))
         assert len(data) == size
         assert "sha256:" + hashlib.sha256(data).hexdigest() == layer.diff_id
@@ -174,7 +173,7 @@ def test_missing_metadata_is_named(engine: Engine, awkward, tmp_path: Path) -> N
     real = _store(engine)
     layer = real.image(image_id).layers[0]
     with pytest.raises(LayerUnreadable, match="tar-split"):
-        tar_size(dataclasses.replace(layer, tar_split=tmp_path / "absent.gz"))
+        sized_entries(dataclasses.replace(layer, tar_split=tmp_path / "absent.gz"))
     entry = dataclasses.replace(next(tar_split_entries(layer)), segment=None, name="../../no/such/file", size=10)
     with pytest.raises(LayerUnreadable, match=f"cannot read {layer.files}/no/such/file"):
         list(layer_chunks(layer, [entry]))
@@ -241,7 +240,7 @@ def test_a_layer_of_many_files_is_read_in_bounded_memory(tmp_path: Path) -> None
     layer = StoredLayer("sha256:" + "0" * 64, tmp_path / "layer.tar-split.gz", tmp_path)
     tracemalloc.start()
     try:
-        size = tar_size(layer)
+        size, _ = sized_entries(layer, keep=0)
         count = sum(1 for _ in tar_split_entries(layer))
         peak = tracemalloc.get_traced_memory()[1]
     finally:

@@ -208,16 +208,11 @@ def tar_split_entries(layer: StoredLayer) -> Iterator[_Entry]:
         raise LayerUnreadable(f"cannot read the tar-split of layer {layer.diff_id}: {exc}") from exc
 
 
-def tar_size(layer: StoredLayer) -> int:
-    """The size of the tar stream the layer's tar-split makes (a first pass over it, keeping nothing)."""
-    return sum(len(entry.segment) if entry.segment is not None else entry.size
-               for entry in tar_split_entries(layer))
-
-
 def sized_entries(layer: StoredLayer, keep: int = KEPT_ENTRIES) -> tuple[int, list[_Entry] | None]:
-    """The layer's tar size and, when they take less than about ``keep`` bytes of memory, its entries: then
-    the tar-split is parsed once instead of twice (the 25,000 entries of a torch layer take about 14 MiB). Past
-    ``keep`` the entries are dropped (None) and read again for the contents, so memory stays bounded."""
+    """The size of the tar stream the layer's tar-split makes and, when they take less than about ``keep``
+    bytes of memory, its entries: then the tar-split is parsed once instead of twice (the 25,000 entries of a
+    torch layer take about 14 MiB). Past ``keep`` the entries are dropped (None) and read again for the
+    contents, so memory stays bounded (``keep=0``: the size alone, keeping nothing)."""
     size, held = 0, 0
     kept: list[_Entry] | None = []
     for entry in tar_split_entries(layer):
