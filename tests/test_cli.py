@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from imgbuild.cli import COMMAND_MODULES, app
+from imgbuild.cli import COMMAND_MODULES, COMMANDS, app
 from imgbuild.cli.common import cli_command
 from imgbuild.foundation.errors import ImgbuildError, UsageError
 
@@ -24,6 +26,24 @@ def test_help_lists_only_registered_commands() -> None:
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
     assert {"schema", "check", "build"} <= registered
     assert "cmd_recipe" in COMMAND_MODULES
+
+
+def test_each_command_is_mapped_to_the_module_that_registers_it() -> None:
+    registered = {c.name or c.callback.__name__: c.callback.__module__.rsplit(".", 1)[1]
+                  for c in app.registered_commands}
+    assert registered == COMMANDS
+
+
+@pytest.mark.parametrize("argv", [["load", "--help"], ["--version"], ["--help"]])
+def test_a_run_imports_only_its_commands_module(argv: list[str]) -> None:
+    code = ("import json, sys\nfrom imgbuild.cli import main\nsys.argv = ['imgbuild', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('imgbuild.cli.cmd_'))), file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    imported = json.loads(result.stderr.strip().splitlines()[-1])
+    expected = ["cmd_restore"] if argv[0] == "load" else sorted(COMMAND_MODULES)
+    assert imported == [f"imgbuild.cli.{name}" for name in expected]
+    assert ("Usage: imgbuild load" in result.stdout) == (argv[0] == "load")
 
 
 def test_schema_is_json_schema_of_the_recipe() -> None:

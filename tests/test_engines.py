@@ -8,7 +8,8 @@ import types
 
 import pytest
 
-from imgbuild.engine.connect import Engine, _closing, connect, engine_kind, socket_candidates, untested_version_warning
+from imgbuild.engine.connect import (Engine, Identity, _closing, connect, engine_kind, identity_from_ping,
+                                     socket_candidates, untested_version_warning)
 from imgbuild.engine.images import find_image, image_labels, split_tag
 from imgbuild.foundation.errors import EngineError, UsageError
 
@@ -17,6 +18,24 @@ def test_engine_kind_from_version_components() -> None:
     assert engine_kind({"Components": [{"Name": "Podman Engine"}, {"Name": "Conmon"}]}) == "podman"
     assert engine_kind({"Components": [{"Name": "Engine"}, {"Name": "containerd"}]}) == "docker"
     assert engine_kind({}) == "docker"
+
+
+def test_identity_from_the_ping_headers() -> None:
+    podman = {"Api-Version": "1.41", "Libpod-Api-Version": "4.3.1", "Server": "Libpod/4.3.1 (linux)"}
+    assert identity_from_ping(podman) == Identity("podman", "4.3.1", "1.41")
+    docker = {"Api-Version": "1.52", "Server": "Docker/29.0.1 (linux)", "Ostype": "linux"}
+    assert identity_from_ping(docker) == Identity("docker", "29.0.1", "1.52")
+    # Too little said (a proxy in between, another server): GET /version decides.
+    assert identity_from_ping({"Api-Version": "1.41"}) is None
+    assert identity_from_ping({"Api-Version": "1.41", "Server": "nginx/1.22"}) is None
+    assert identity_from_ping({"Server": "Docker/20.10.24+dfsg1 (linux)"}) is None
+
+
+@pytest.mark.newer_engines
+def test_the_ping_names_the_engine_as_its_version_does(engine) -> None:
+    info = engine.api.version()
+    assert (engine.kind, engine.version) == (engine_kind(info), info["Version"])
+    assert engine.api.api_version == info["ApiVersion"]
 
 
 def test_socket_candidates_follow_engine_choice(monkeypatch: pytest.MonkeyPatch) -> None:

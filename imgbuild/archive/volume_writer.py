@@ -13,7 +13,6 @@ layer writer is aborted: its parts are deleted and the volumes rewound as if it 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import hashlib
 import io
 import os
@@ -37,8 +36,9 @@ _SYNC_FILE_RANGE_WRITE = 2
 
 def _load_sync_file_range():  # Linux only; elsewhere write-back simply starts at fsync
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.sync_file_range
+        # The process's own symbols, libc's among them: ctypes.util.find_library would run ldconfig (0.3 s
+        # at every command's start).
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]

@@ -9,18 +9,21 @@ machine with Podman but no running service still works.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import docker
+import docker.constants
 import docker.errors
 import docker.utils
+import requests
 
 from imgbuild.foundation.errors import EngineError, OptionError, Remedy
 from imgbuild.foundation.progress import ProgressCallback, ProgressEvent, no_progress
@@ -87,6 +90,37 @@ def engine_kind(version_info: dict[str, Any]) -> EngineKind:
     return "podman" if any("podman" in n.lower() for n in names) else "docker"
 
 
+@dataclass(frozen=True)
+class Identity:
+    kind: EngineKind
+    version: str
+    api_version: str
+
+
+def identity_from_ping(headers: Mapping[str, str]) -> Identity | None:
+    """Kind, version and API version from the headers of GET /_ping: Podman sends Libpod-Api-Version (its
+    own version), Docker Engine a Server header "Docker/VERSION (OS)". None when they say too little."""
+    api_version = headers.get("Api-Version")
+    if not api_version:
+        return None
+    if podman := headers.get("Libpod-Api-Version"):
+        return Identity("podman", podman, api_version)
+    server = re.fullmatch(r"Docker/(\S+)(?: .*)?", headers.get("Server", ""))
+    return Identity("docker", server.group(1), api_version) if server else None
+
+
+def _identify(api: Any) -> Identity:
+    """GET /_ping answers at once; GET /version (where the ping's headers say too little) takes Podman about
+    0.4 s, as it asks its runtime and conmon for their versions."""
+    response = api.get(f"{api.base_url}/_ping")
+    response.raise_for_status()
+    found = identity_from_ping(response.headers)
+    if found is not None:
+        return found
+    info = api.version(api_version=False)
+    return Identity(engine_kind(info), str(info.get("Version", "?")), str(info.get("ApiVersion") or "auto"))
+
+
 def _open(host: str, timeout: int) -> Engine:
     """Connect to one host or raise EngineError with the SDK's reason."""
     if host.startswith("unix://") and not os.path.exists(host[len("unix://"):]):
@@ -97,17 +131,19 @@ def _open(host: str, timeout: int) -> Engine:
     ssh = host.startswith("ssh://")
     try:
         # A short timeout to find out whether anything answers; the client that does the work waits long.
-        probe = docker.DockerClient(base_url=host, timeout=PROBE_TIMEOUT, tls=tls or False, use_ssh_client=ssh)
+        # The probe's API version is a placeholder: it asks unversioned paths only, instead of the SDK's own
+        # negotiation through GET /version.
+        probe = docker.DockerClient(base_url=host, timeout=PROBE_TIMEOUT, tls=tls or False, use_ssh_client=ssh,
+                                    version=docker.constants.MINIMUM_DOCKER_API_VERSION)
         try:
-            info = probe.version()
+            found = _identify(probe.api)
         finally:
             probe.close()
         client = docker.DockerClient(base_url=host, timeout=timeout, tls=tls or False, use_ssh_client=ssh,
-                                     version=str(info.get("ApiVersion") or "auto"))
-    except (docker.errors.DockerException, OSError) as exc:
+                                     version=found.api_version)
+    except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
         raise EngineError(f"{host}: {exc}") from exc
-    return Engine(client=client, api=client.api, kind=engine_kind(info), host=host,
-                  version=str(info.get("Version", "?")))
+    return Engine(client=client, api=client.api, kind=found.kind, host=host, version=found.version)
 
 
 def _matches(engine: str, found: Engine) -> bool:
