@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,6 +162,9 @@ def test_ctrl_c_in_the_middle_leaves_nothing(engine: Engine, engine_set: tuple[P
         if event.done > first_layer and not sent:  # the first step is loading, the second being read
             sent.append(event.done)
             os.kill(os.getpid(), signal.SIGINT)
+            # Reading goes on while the main thread takes the signal, as after a Ctrl-C; without the wait the
+            # last step could be released within the interpreter's switch interval, before the main thread ran.
+            time.sleep(0.5)
 
     with pytest.raises(KeyboardInterrupt):
         load_set(engine, [folder], EACH_LAYER, progress=interrupt)

@@ -206,7 +206,7 @@ def _after_previous(layers_read: threading.Event, previous: Future[None] | None,
     while previous is not None and not stop.is_set():
         try:
             previous.result(timeout=0.1)
-            return
+            break
         except TimeoutError:
             continue
         except BaseException:  # noqa: BLE001 - the earlier step's own future reports it
