@@ -33,15 +33,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import docker.errors
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_archive  # noqa: E402  (the image builder of the archive benchmark)
+from bench_restore import remove  # noqa: E402
 
 from imgbuild.archive.archive import ArchiveOptions, archive  # noqa: E402
 from imgbuild.discs.locate import locate_set  # noqa: E402
-from imgbuild.engine.connect import Engine, connect  # noqa: E402
+from imgbuild.engine.connect import connect  # noqa: E402
 
 TAG = "localhost/imgbuild-bench-drive:1"
 BASE_TAG = "localhost/imgbuild-bench-drive-base:1"
@@ -106,13 +105,6 @@ def throttled(command: str, device: str) -> Timed:
         return Timed(end - start, end - start, [], 0.0)
     pauses = [(a - start, b - a) for a, b in zip(reads, reads[1:]) if b - a >= PAUSE]
     return Timed(end - start, reads[0] - start, pauses, end - reads[-1])
-
-
-def remove(engine: Engine, ref: str) -> None:
-    try:
-        engine.api.remove_image(ref, force=True)
-    except docker.errors.NotFound:
-        pass
 
 
 def main() -> None:
